@@ -1,0 +1,1 @@
+"""The genfarm command line: thin click commands over jobs/, storage/ and workers/."""

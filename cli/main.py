@@ -1,0 +1,279 @@
+"""`genfarm`: submit manifests of generation jobs, run workers, watch batches, pull results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.options import friendly_errors, settings_options
+from jobs.settings import Settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="genfarm", prog_name="genfarm")
+def cli() -> None:
+    """genfarm: a render farm for generative media.
+
+    \b
+    Quick start (everything embedded under ./genfarm-data, no servers):
+      genfarm demo
+    \b
+    The usual loop:
+      genfarm db upgrade                        # create or migrate the database
+      genfarm submit jobs.jsonl --project acme  # validate the whole file, then queue it
+      genfarm worker                            # run jobs (one per GPU, or on the CPU)
+      genfarm status BATCH                      # counts per state
+      genfarm pull BATCH ./out                  # download and verify every output
+
+    Settings come from GENFARM_* variables (or .env): GENFARM_DATABASE_URL,
+    GENFARM_BROKER_URL, GENFARM_STORAGE_URL, GENFARM_DATA_DIR, GENFARM_MAX_BATCH ...
+    """
+
+
+# -- database -----------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@settings_options
+@friendly_errors
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Create or migrate the database schema."""
+    from jobs.db import upgrade
+
+    url = settings.resolved_database_url()
+    upgrade(url, revision)
+    click.echo(f"database at {_redact(url)} is at {revision}")
+
+
+@db.command("current")
+@settings_options
+@friendly_errors
+def db_current(settings: Settings) -> None:
+    """Print the database's schema revision."""
+    from jobs.db import current_revision, make_engine
+
+    engine = make_engine(settings.resolved_database_url())
+    click.echo(current_revision(engine) or "none (run `genfarm db upgrade`)")
+
+
+# -- kinds --------------------------------------------------------------------------------
+@cli.command()
+def kinds() -> None:
+    """List the job kinds and the fields each manifest line takes."""
+    from jobs.kinds import KINDS
+
+    for kind in KINDS.values():
+        click.secho(f"{kind.name}: {kind.summary}", bold=True)
+        for name, f in kind.params.model_fields.items():
+            default = "required" if f.is_required() else f"default {f.default!r}"
+            click.echo(f"  {name:<14} {f.description or ''} ({default})")
+    click.echo("\nEvery line may also set: priority (-1000..1000), max_attempts (1..20), "
+               "count (N jobs from consecutive seeds).\nA list sweeps a field; "
+               '{"range": [start, stop, step]} sweeps a range.')
+
+
+# -- submit -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--project", "-p", required=True, help="Project the batch belongs to.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
+              help="Manifest format [default: from the file name, else jsonl].")
+@click.option("--wait", is_flag=True, help="Show progress until every job has finished.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@settings_options
+@friendly_errors
+def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wait: bool,
+           as_json: bool) -> None:
+    """Validate MANIFEST (JSONL or CSV, '-' for stdin) and queue it as one batch.
+
+    \b
+    One job per line, e.g.
+      {"kind": "generate", "seed": 7, "width": 256, "height": 256, "yaw": 30}
+      {"kind": "generate", "seed": {"range": [0, 100]}, "truncation": [0.5, 0.8]}
+    The whole file is checked first: any bad line and nothing is written.
+    """
+    from jobs.db import make_engine, session_factory
+    from jobs.manifest import format_for, parse_manifest
+    from jobs.submit import submit as submit_batch
+    from workers.app import make_app, publisher
+
+    data = sys.stdin.buffer.read() if manifest == "-" else Path(manifest).read_bytes()
+    source = "stdin" if manifest == "-" else Path(manifest).name
+    specs = parse_manifest(data, format=fmt or format_for(manifest), source=source,
+                           default_max_attempts=settings.max_attempts)
+    sessions = session_factory(make_engine(settings.resolved_database_url()))
+    app = make_app(settings)
+    result = submit_batch(sessions, project, specs, publisher(app), unit_size=settings.unit_size,
+                          source=source)
+    if as_json and not wait:
+        click.echo(json.dumps(result.__dict__))
+    elif not as_json:
+        click.echo(result.batch_id)
+        click.echo(f"{result.job_count} jobs in {result.units} work units", err=True)
+    if not result.published:
+        click.echo(f"warning: broker unavailable ({result.publish_error}); the jobs are recorded "
+                   "and a worker's reconciler will publish them", err=True)
+    if wait:
+        summary = wait_for_batch(sessions, result.batch_id)
+        if as_json:
+            click.echo(json.dumps(summary))
+        sys.exit(0 if summary["status"] == "succeeded" else 1)
+
+
+def wait_for_batch(sessions: Any, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+    """Progress bar until the batch is finalized; returns its summary."""
+    from tqdm import tqdm
+
+    from jobs.batches import resolve_batch, summarize
+
+    with sessions() as session:
+        total = resolve_batch(session, batch_id).job_count
+    with tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True) as bar:
+        while True:
+            with sessions() as session:
+                batch = resolve_batch(session, batch_id)
+                summary = summarize(session, batch)
+            bar.update(summary.done - bar.n)
+            bar.set_postfix({k: v for k, v in summary.as_dict()["counts"].items() if v},
+                            refresh=False)
+            if batch.finished_at is not None:
+                break
+            time.sleep(poll_s)
+    return summary.as_dict()
+
+
+# -- status -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("batch", required=False)
+@click.option("--project", "-p", default=None, help="Only this project's batches.")
+@click.option("--failed", "show_failed", is_flag=True, help="List failed jobs with their errors.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@settings_options
+@friendly_errors
+def status(settings: Settings, batch: str | None, project: str | None, show_failed: bool,
+           as_json: bool) -> None:
+    """Counts per state for BATCH (an id or a prefix of 6+ characters), or recent batches."""
+    from sqlalchemy import select
+
+    from jobs.batches import list_batches, resolve_batch, summarize
+    from jobs.db import make_engine, session_factory
+    from jobs.models import Job
+
+    sessions = session_factory(make_engine(settings.resolved_database_url()))
+    with sessions() as session:
+        if batch is None:
+            rows = [summarize(session, b).as_dict() for b in list_batches(session, project)]
+            if as_json:
+                click.echo(json.dumps(rows, indent=2))
+                return
+            if not rows:
+                click.echo("no batches yet")
+            for r in rows:
+                click.echo(f"{r['id']}  {r['project']:<12} {r['status']:<10} "
+                           f"{r['done']}/{r['jobs']} done  {r['source']}")
+            return
+        b = resolve_batch(session, batch, project)
+        summary = summarize(session, b).as_dict()
+        failures = session.execute(
+            select(Job.id, Job.index, Job.error).where(Job.batch_id == b.id, Job.status == "failed")
+            .order_by(Job.index).limit(1000)).all() if show_failed or as_json else []
+    if as_json:
+        summary["failures"] = [{"job_id": j, "index": i, "error": e} for j, i, e in failures]
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})")
+    click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done, "
+               f"{summary['device_seconds']:.1f} device-seconds")
+    click.echo("jobs      " + "  ".join(f"{k} {v}" for k, v in summary["counts"].items()))
+    if summary["manifest_key"]:
+        click.echo(f"manifest  {summary['manifest_key']}")
+    for job_id, index, error in failures:
+        click.echo(f"failed    #{index} {job_id}: {error}")
+
+
+# -- pull ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("batch")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@settings_options
+@friendly_errors
+def pull(settings: Settings, batch: str, dest: Path) -> None:
+    """Download every output of BATCH into DEST, verifying each sha256.
+
+    Files land at DEST/<job index>-<job id>/<name>, plus DEST/manifest.jsonl.
+    Files already present with the right checksum are skipped.
+    """
+    from tqdm import tqdm
+
+    from jobs.batches import batch_outputs, manifest_lines, resolve_batch
+    from jobs.db import make_engine, session_factory
+    from storage import open_storage
+    from storage.keys import safe_part
+
+    sessions = session_factory(make_engine(settings.resolved_database_url()))
+    storage = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
+    with sessions() as session:
+        b = resolve_batch(session, batch)
+        outputs = batch_outputs(session, b.id)
+        manifest = manifest_lines(session, b.id)
+    dest.mkdir(parents=True, exist_ok=True)
+    fetched = skipped = 0
+    for job_id, index, out in tqdm(outputs, unit="file", file=sys.stderr, dynamic_ncols=True):
+        path = dest / f"{index:06d}-{safe_part(job_id)}" / safe_part(out.name)
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == out.sha256:
+            skipped += 1
+            continue
+        data = storage.get(out.key, sha256=out.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        fetched += 1
+    (dest / "manifest.jsonl").write_bytes(manifest)
+    click.echo(f"{fetched} downloaded, {skipped} already present, all sha256 verified -> {dest}")
+
+
+# -- reconcile ----------------------------------------------------------------------------
+@cli.command()
+@click.option("--loop", is_flag=True, help="Keep running, one pass every reconcile interval.")
+@settings_options
+@friendly_errors
+def reconcile(settings: Settings, loop: bool) -> None:
+    """Requeue jobs of lost workers, republish lost messages, finalize finished batches."""
+    from workers.app import make_app, publisher
+    from workers.reconciler import Reconciler
+
+    rec = Reconciler(settings, publisher(make_app(settings)))
+    while True:
+        click.echo(json.dumps(rec.run_once().as_dict()))
+        if not loop:
+            return
+        time.sleep(settings.reconcile_interval)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: show as is
+        return url
+
+
+from cli import worker as _worker  # noqa: E402  (registers worker and demo)
+
+_worker.register(cli)
+
+
+def main() -> None:
+    cli(prog_name="genfarm")

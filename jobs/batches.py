@@ -1,0 +1,139 @@
+"""Batch queries and finalization: counts per state, id lookup, the manifest of a finished batch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jobs.errors import AmbiguousId, NotFound
+from jobs.lifecycle import count_by_status
+from jobs.models import Batch, Job, Output, utcnow
+from jobs.states import TERMINAL, BatchStatus, JobStatus
+
+
+class ManifestWriter(Protocol):
+    def write_batch_manifest(self, project: str, batch_id: str, body: bytes) -> str: ...
+
+
+@dataclass
+class BatchSummary:
+    id: str
+    project: str
+    status: str
+    source: str
+    job_count: int
+    counts: dict[str, int]
+    device_seconds: float
+    created_at: datetime
+    finished_at: datetime | None
+    manifest_key: str | None
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in TERMINAL)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "project": self.project, "status": self.status, "source": self.source,
+            "jobs": self.job_count, "done": self.done,
+            "counts": {s.value: self.counts.get(s.value, 0) for s in JobStatus},
+            "device_seconds": round(self.device_seconds, 3),
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "manifest_key": self.manifest_key,
+        }
+
+
+def resolve_batch(session: Session, id_or_prefix: str, project: str | None = None) -> Batch:
+    """A batch by its id or a unique prefix of at least 6 characters (optionally within a project)."""
+    stmt = select(Batch)
+    if project is not None:
+        stmt = stmt.where(Batch.project == project)
+    exact = session.scalar(stmt.where(Batch.id == id_or_prefix))
+    if exact is not None:
+        return exact
+    if len(id_or_prefix) >= 6 and id_or_prefix.isalnum():
+        found = session.scalars(stmt.where(Batch.id.startswith(id_or_prefix)).limit(2)).all()
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise AmbiguousId(f"batch prefix {id_or_prefix!r} matches several batches")
+    raise NotFound(f"no batch {id_or_prefix!r}")
+
+
+def summarize(session: Session, batch: Batch) -> BatchSummary:
+    seconds = session.scalar(
+        select(func.coalesce(func.sum(Job.device_seconds), 0.0)).where(Job.batch_id == batch.id))
+    return BatchSummary(batch.id, batch.project, batch.status, batch.source, batch.job_count,
+                        count_by_status(session, batch.id), float(seconds or 0.0),
+                        batch.created_at, batch.finished_at, batch.manifest_key)
+
+
+def list_batches(session: Session, project: str | None = None, limit: int = 20) -> list[Batch]:
+    stmt = select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+    if project is not None:
+        stmt = stmt.where(Batch.project == project)
+    return list(session.scalars(stmt))
+
+
+def batch_outputs(session: Session, batch_id: str) -> list[tuple[str, int, Output]]:
+    """(job id, job index, output) for every recorded output of a batch, in manifest order."""
+    rows = session.execute(
+        select(Job.id, Job.index, Output).join(Output, Output.job_id == Job.id)
+        .where(Job.batch_id == batch_id).order_by(Job.index, Output.name)
+    ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def manifest_lines(session: Session, batch_id: str) -> bytes:
+    """The batch manifest: one JSON line per job with params, status, outputs and checksums."""
+    outputs: dict[str, list[dict[str, Any]]] = {}
+    for job_id, _, out in batch_outputs(session, batch_id):
+        outputs.setdefault(job_id, []).append(
+            {"name": out.name, "key": out.key, "sha256": out.sha256, "bytes": out.bytes,
+             "content_type": out.content_type})
+    lines = []
+    for job in session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.index)):
+        lines.append(json.dumps({
+            "job_id": job.id, "index": job.index, "kind": job.kind, "params": job.params,
+            "status": job.status, "attempts": job.attempt, "error": job.error,
+            "device_seconds": round(job.device_seconds, 4), "outputs": outputs.get(job.id, []),
+        }, sort_keys=True))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str) -> str | None:
+    """If every job of the batch is finished, write its manifest and close it; returns the new status."""
+    with session_factory() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.finished_at is not None:
+            return None
+        counts = count_by_status(session, batch_id)
+        if any(counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.RUNNING)):
+            return None
+        body = manifest_lines(session, batch_id)
+        project = batch.project
+    if counts.get(JobStatus.CANCELLED, 0):
+        status = BatchStatus.CANCELLED
+    elif counts.get(JobStatus.FAILED, 0):
+        status = BatchStatus.FAILED
+    else:
+        status = BatchStatus.SUCCEEDED
+    key = writer.write_batch_manifest(project, batch_id, body)
+    with session_factory.begin() as session:
+        changed = session.execute(
+            update(Batch).where(Batch.id == batch_id, Batch.finished_at.is_(None))
+            .values(status=status, finished_at=utcnow(), manifest_key=key)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return status.value if changed else None
+
+
+def open_batches(session: Session, limit: int = 1000) -> list[str]:
+    return list(session.scalars(
+        select(Batch.id).where(Batch.finished_at.is_(None)).order_by(Batch.created_at).limit(limit)))

@@ -1,0 +1,294 @@
+"""The job state machine: every transition is one conditional UPDATE plus an event row.
+
+A transition names the state it expects (and, for running jobs, the lease owner,
+which is unique per claim and so also pins the attempt); rows that no longer
+match are left alone. That is what makes redelivered messages, racing workers
+and late writers from an expired lease harmless.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from jobs.models import Job, JobEvent, Output, utcnow
+from jobs.states import JobStatus
+
+# Retry backoff: base * 2**(attempt-1), capped, with full jitter.
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    batch_id: str
+    kind: str
+    params: dict[str, Any]
+    batch_key: str
+    attempt: int
+    max_attempts: int
+
+
+@dataclass
+class OutputRecord:
+    name: str
+    key: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+@dataclass
+class JobResult:
+    """What a worker reports for one claimed job."""
+
+    job_id: str
+    outputs: list[OutputRecord] = field(default_factory=list)
+    device_seconds: float = 0.0
+    error: str | None = None
+    retryable: bool = False
+
+
+def _events(rows: Iterable[tuple[str, int]], from_status: JobStatus | None, to_status: JobStatus,
+            reason: str, worker: str | None, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {"job_id": job_id, "at": now, "from_status": from_status, "to_status": to_status,
+         "attempt": attempt, "reason": reason[:255], "worker": worker}
+        for job_id, attempt in rows
+    ]
+
+
+def _log(session: Session, events: list[dict[str, Any]]) -> None:
+    if events:
+        session.execute(insert(JobEvent), events)
+
+
+_CLAIM_COLUMNS = (Job.id, Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.attempt,
+                  Job.max_attempts)
+
+
+def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: float,
+          now: datetime | None = None) -> list[ClaimedJob]:
+    """queued -> running for those of ``job_ids`` that are still queued and due; the rest are skipped."""
+    if not job_ids:
+        return []
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED,
+               or_(Job.not_before.is_(None), Job.not_before <= now))
+        .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
+                error=None)
+        .returning(*_CLAIM_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = [ClaimedJob(*row) for row in session.execute(stmt)]
+    _log(session, _events(((c.id, c.attempt) for c in claimed), JobStatus.QUEUED,
+                          JobStatus.RUNNING, "claimed", owner, now))
+    return claimed
+
+
+def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
+         now: datetime | None = None) -> list[ClaimedJob]:
+    """Claim up to ``limit`` more queued jobs of ``batch_key``, from any batch (best priority first)."""
+    if limit <= 0:
+        return []
+    now = now or utcnow()
+    pick = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.batch_key == batch_key,
+               or_(Job.not_before.is_(None), Job.not_before <= now))
+        .order_by(Job.priority.desc(), Job.created_at, Job.index)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    ids = list(session.scalars(pick))
+    return claim(session, ids, owner, lease_seconds, now)
+
+
+def heartbeat(session: Session, owner: str, lease_seconds: float, now: datetime | None = None) -> int:
+    """Extend the lease of every running job held by ``owner``; returns how many it still holds."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def record(session: Session, owner: str, results: Sequence[JobResult],
+           now: datetime | None = None) -> tuple[set[str], set[str], set[str]]:
+    """Record outcomes of jobs ``owner`` holds: (succeeded, failed, requeued) ids.
+
+    Jobs whose lease moved on (expired and reclaimed, cancelled) are not
+    touched and their outputs are not recorded.
+    """
+    now = now or utcnow()
+    ok = [r for r in results if r.error is None]
+    bad = [r for r in results if r.error is not None]
+    succeeded: dict[str, int] = {}
+    if ok:
+        by_id = {r.job_id: r for r in ok}
+        by_share: dict[float, list[str]] = defaultdict(list)
+        for r in ok:
+            by_share[r.device_seconds].append(r.job_id)
+        for share, ids in by_share.items():
+            rows = session.execute(
+                update(Job).where(Job.id.in_(ids), Job.lease_owner == owner,
+                                  Job.status == JobStatus.RUNNING)
+                .values(status=JobStatus.SUCCEEDED, finished_at=now, lease_owner=None,
+                        lease_expires_at=None, device_seconds=Job.device_seconds + share)
+                .returning(Job.id, Job.attempt)
+                .execution_options(synchronize_session=False)
+            ).all()
+            succeeded.update(dict(rows))
+        rows_out = [
+            {"job_id": j, "name": o.name, "key": o.key, "sha256": o.sha256, "bytes": o.bytes,
+             "content_type": o.content_type, "created_at": now}
+            for j in succeeded for o in by_id[j].outputs
+        ]
+        if rows_out:
+            session.execute(insert(Output), rows_out)
+        _log(session, _events(succeeded.items(), JobStatus.RUNNING, JobStatus.SUCCEEDED,
+                              "succeeded", owner, now))
+    failed, requeued = _fail(session, owner, bad, now) if bad else (set(), set())
+    return set(succeeded), failed, requeued
+
+
+def _fail(session: Session, owner: str, results: Sequence[JobResult],
+          now: datetime) -> tuple[set[str], set[str]]:
+    by_id = {r.job_id: r for r in results}
+    rows = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts).where(
+            Job.id.in_(list(by_id)), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+    ).all()
+    failed: set[str] = set()
+    requeued: set[str] = set()
+    events: list[dict[str, Any]] = []
+    for job_id, attempt, max_attempts in rows:
+        r = by_id[job_id]
+        error = (r.error or "error")[:4000]
+        if r.retryable and attempt < max_attempts:
+            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+            values: dict[str, Any] = dict(status=JobStatus.QUEUED, lease_owner=None,
+                                          lease_expires_at=None, error=error, published_at=None,
+                                          not_before=now + timedelta(seconds=delay))
+            to = JobStatus.QUEUED
+        else:
+            values = dict(status=JobStatus.FAILED, lease_owner=None, lease_expires_at=None,
+                          error=error, finished_at=now)
+            to = JobStatus.FAILED
+        done = session.execute(
+            update(Job).where(Job.id == job_id, Job.lease_owner == owner,
+                              Job.status == JobStatus.RUNNING)
+            .values(device_seconds=Job.device_seconds + r.device_seconds, **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if done:
+            (requeued if to == JobStatus.QUEUED else failed).add(job_id)
+            events.extend(_events([(job_id, attempt)], JobStatus.RUNNING, to, error, owner, now))
+    _log(session, events)
+    return failed, requeued
+
+
+def release(session: Session, owner: str, job_ids: Sequence[str], reason: str,
+            now: datetime | None = None) -> set[str]:
+    """running -> queued for jobs handed back unfinished (warm shutdown); the attempt is refunded."""
+    now = now or utcnow()
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                attempt=Job.attempt - 1, published_at=None)
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _log(session, _events(rows, JobStatus.RUNNING, JobStatus.QUEUED, reason, owner, now))
+    return {r[0] for r in rows}
+
+
+def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[str], set[str]]:
+    """Running jobs whose lease ran out go back to the queue, or fail when out of attempts."""
+    now = now or utcnow()
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    back = session.execute(
+        update(Job).where(expired, Job.attempt < Job.max_attempts)
+        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                published_at=None, error="lease expired (worker lost)")
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    dead = session.execute(
+        update(Job).where(expired, Job.attempt >= Job.max_attempts)
+        .values(status=JobStatus.FAILED, lease_owner=None, lease_expires_at=None, finished_at=now,
+                error="lease expired on the last attempt (worker lost)")
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _log(session, _events(back, JobStatus.RUNNING, JobStatus.QUEUED, "lease expired", None, now))
+    _log(session, _events(dead, JobStatus.RUNNING, JobStatus.FAILED, "lease expired", None, now))
+    return {r[0] for r in back}, {r[0] for r in dead}
+
+
+def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
+           now: datetime | None = None) -> int:
+    """queued|running -> cancelled for the jobs ``job_filter`` selects; running work stops at its next boundary."""
+    now = now or utcnow()
+    rows = session.execute(
+        update(Job).where(job_filter, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.CANCELLED, lease_owner=None, lease_expires_at=None,
+                finished_at=now, error=reason)
+        .returning(Job.id, Job.attempt)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _log(session, _events(rows, None, JobStatus.CANCELLED, reason, None, now))
+    return len(rows)
+
+
+def due_unpublished(session: Session, republish_after_s: float, limit: int,
+                    now: datetime | None = None) -> list[tuple[str, str, str]]:
+    """Queued jobs that need a (new) message: (id, kind, batch_key), never published or long unclaimed."""
+    now = now or utcnow()
+    stale = now - timedelta(seconds=republish_after_s)
+    stmt = (
+        select(Job.id, Job.kind, Job.batch_key)
+        .where(Job.status == JobStatus.QUEUED,
+               or_(Job.not_before.is_(None), Job.not_before <= now),
+               or_(Job.published_at.is_(None), Job.published_at < stale))
+        .order_by(Job.priority.desc(), Job.created_at, Job.index)
+        .limit(limit)
+    )
+    return [tuple(r) for r in session.execute(stmt)]  # type: ignore[misc]
+
+
+def mark_published(session: Session, job_ids: Sequence[str], now: datetime | None = None) -> None:
+    now = now or utcnow()
+    for chunk in _chunks(list(job_ids), 5000):
+        session.execute(
+            update(Job).where(Job.id.in_(chunk), Job.status == JobStatus.QUEUED)
+            .values(published_at=now).execution_options(synchronize_session=False)
+        )
+
+
+def count_by_status(session: Session, batch_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+    ).all()
+    return {str(status): int(n) for status, n in rows}
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,68 @@
+"""One typed settings object, read from GENFARM_* variables (and .env) by entry points only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything genfarm needs to know about its surroundings.
+
+    With nothing set, everything is embedded under ``data_dir``: a SQLite
+    database, Celery's filesystem transport as the broker and a local folder as
+    storage. Production sets the three URLs.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GENFARM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("genfarm-data"), description="Folder for everything embedded.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite under data_dir. "
+        "Production: postgresql+psycopg://user:pass@host/db"
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default Celery's filesystem transport under data_dir. "
+        "Production: redis://host:6379/0"
+    )
+    storage_url: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; default a folder under data_dir."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of a non-AWS S3 store; AWS_ENDPOINT_URL works too."
+    )
+    unit_size: int = Field(64, ge=1, le=4096, description="Job ids per Celery message.")
+    max_batch: int = Field(16, ge=1, le=4096, description="Jobs per forward pass on a worker.")
+    lease_seconds: float = Field(120.0, gt=0, description="How long a claim holds without a heartbeat.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Default attempts per job.")
+    upload_threads: int = Field(8, ge=1, le=256, description="Encode/upload threads per worker process.")
+    republish_after_seconds: float = Field(
+        300.0, gt=0, description="A queued job unclaimed this long is published again."
+    )
+    reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    model_profile: str = Field("default", description="Generator size profile (tiny, default).")
+    checkpoint: str | None = Field(None, description="Safetensors checkpoint for the generator.")
+    device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'genfarm.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://localhost//"
+
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "outputs").resolve().as_uri()
+
+    def broker_folder(self) -> Path:
+        """Where the embedded (filesystem) broker keeps its messages."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None and self.broker_url is None

@@ -1,0 +1,65 @@
+"""A local folder as object storage: the embedded default."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from storage.base import Storage
+from storage.errors import BadKey, ObjectNotFound
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = self.root.as_uri()
+        self.prefix = ""
+
+    def path_of(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise BadKey(f"key {key!r} leaves the storage folder")
+        return path
+
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        path = self.path_of(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: readers never see half an object, a crash leaves no partial file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return self.path_of(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    def _exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        start = base if base.is_dir() else base.parent
+        if not start.exists():
+            return
+        for path in start.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                rel = path.relative_to(self.root).as_posix()
+                if rel.startswith(prefix):
+                    yield rel
+
+    def _delete(self, key: str) -> None:
+        self.path_of(key).unlink(missing_ok=True)
+
+    def _check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise PermissionError(f"storage folder {self.root} is not writable")

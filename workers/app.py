@@ -1,0 +1,121 @@
+"""The Celery app: one task that runs work units, and the reconciler in every worker.
+
+No torch here: the CLI imports this module to publish work units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from jobs.kinds import KINDS
+from jobs.settings import Settings
+from jobs.submit import WorkUnit
+
+log = logging.getLogger("genfarm.worker")
+
+RUN_UNIT = "genfarm.run_unit"
+QUEUES = sorted({k.queue for k in KINDS.values()})
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    url = settings.resolved_broker_url()
+    if url.startswith("filesystem"):
+        folder = settings.broker_folder()
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"), "store_processed": False,
+                "control_folder": str(folder / "control")}
+    if url.startswith(("redis", "rediss")):
+        # The database lease decides who owns a job; redelivery after this is harmless.
+        return {"visibility_timeout": 3600}
+    return {}
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app bound to ``settings``; tasks find their per-process runtime through it."""
+    app = Celery("genfarm", broker=settings.resolved_broker_url(), set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_ignore_result=True, result_backend=None,
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        worker_send_task_events=True, task_send_sent_event=True,  # for Flower
+        broker_connection_retry_on_startup=True, broker_connection_max_retries=None,
+        task_default_queue=QUEUES[0], task_create_missing_queues=True,
+        broker_transport_options=broker_options(settings),
+        worker_hijack_root_logger=False,
+    )
+    app.genfarm_settings = settings  # type: ignore[attr-defined]
+    runtime_holder: dict[str, Any] = {}
+
+    def runtime() -> Any:
+        from workers.runner import Runtime
+
+        rt = runtime_holder.get("rt")
+        if rt is None or rt.pid != os.getpid():  # made after fork, never shared across processes
+            rt = runtime_holder["rt"] = Runtime(settings)
+        return rt
+
+    app.genfarm_runtime = runtime  # type: ignore[attr-defined]
+
+    @app.task(name=RUN_UNIT, acks_late=True)
+    def run_unit(job_ids: list[str], batch_key: str = "") -> dict[str, Any]:
+        report = runtime().run_unit(job_ids)
+        log.info("unit %s: %s", batch_key, report.as_dict())
+        return report.as_dict()
+
+    app.steps["worker"].add(ReconcilerStep)
+    return app
+
+
+def publisher(app: Celery):  # type: ignore[no-untyped-def]
+    """A function that publishes work units on ``app``'s broker over one connection."""
+
+    def publish(units: Sequence[WorkUnit]) -> None:
+        if not units:
+            return
+        with app.producer_or_acquire() as producer:
+            for unit in units:
+                app.send_task(RUN_UNIT, args=[unit.job_ids, unit.batch_key], queue=unit.queue,
+                              producer=producer)
+
+    return publish
+
+
+class ReconcilerStep(bootsteps.StartStopStep):
+    """Runs a reconciler pass periodically in the worker's main process."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref = None
+        self.reconciler = None
+
+    def start(self, worker: Any) -> None:
+        from workers.reconciler import Reconciler
+
+        settings: Settings = worker.app.genfarm_settings
+        self.reconciler = Reconciler(settings, publisher(worker.app))
+        self.tref = worker.timer.call_repeatedly(settings.reconcile_interval, self._tick,
+                                                 priority=10)
+
+    def _tick(self) -> None:
+        try:
+            assert self.reconciler is not None
+            self.reconciler.run_once()
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            log.warning("reconciler pass failed", exc_info=True)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.reconciler is not None:
+            self.reconciler.close()
+            self.reconciler = None

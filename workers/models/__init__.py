@@ -1,0 +1,1 @@
+"""torch models that workers run. Imported only inside worker processes."""

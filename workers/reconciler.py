@@ -1,0 +1,62 @@
+"""The reconciler: expired leases back to the queue, lost messages republished, batches finalized."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from jobs import lifecycle
+from jobs.batches import finalize_if_done, open_batches
+from jobs.db import make_engine, session_factory
+from jobs.kinds import KINDS
+from jobs.settings import Settings
+from jobs.submit import Publisher, publish_due
+from storage import open_storage
+
+log = logging.getLogger("genfarm.reconciler")
+
+
+@dataclass
+class ReconcileReport:
+    requeued: int = 0
+    failed: int = 0
+    published: int = 0
+    finalized: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, publish: Publisher) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.engine = make_engine(settings.resolved_database_url())
+        self.sessions = session_factory(self.engine)
+        self.storage = open_storage(settings.resolved_storage_url(),
+                                    endpoint_url=settings.s3_endpoint_url)
+        # A forked pool child must never use (or close) the parent's connections.
+        os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))
+
+    def run_once(self) -> ReconcileReport:
+        report = ReconcileReport()
+        with self.sessions.begin() as session:
+            back, dead = lifecycle.expire_leases(session)
+        report.requeued, report.failed = len(back), len(dead)
+        report.published = publish_due(
+            self.sessions, self.publish, unit_size=self.settings.unit_size,
+            republish_after_s=self.settings.republish_after_seconds,
+            queue_of=lambda kind: KINDS[kind].queue)
+        with self.sessions() as session:
+            batch_ids = open_batches(session)
+        for batch_id in batch_ids:
+            if finalize_if_done(self.sessions, self.storage, batch_id):
+                report.finalized += 1
+        if any(report.as_dict().values()):
+            log.info("reconciled: %s", report.as_dict())
+        return report
+
+    def close(self) -> None:
+        self.engine.dispose()

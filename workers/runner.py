@@ -1,0 +1,217 @@
+"""Running one work unit: claim, fill, forward passes, overlapped encode/upload, bulk record.
+
+Importing this module does not import torch; pipelines do, inside the worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from jobs import lifecycle
+from jobs.batches import finalize_if_done
+from jobs.db import make_engine, session_factory
+from jobs.errors import PipelineError
+from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
+from jobs.models import Batch, Job
+from jobs.settings import Settings
+from jobs.states import JobStatus
+from storage import open_storage
+from storage.errors import StorageUnavailable
+from workers.pipelines import Pipeline, make_pipeline
+from workers.pipelines.base import Artifact
+
+log = logging.getLogger("genfarm.worker")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another attempt: storage, network, database connection, out of memory."""
+    if isinstance(exc, (StorageUnavailable, ConnectionError, TimeoutError, OperationalError,
+                        PoolTimeout, MemoryError)):
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+def pick_device(settings: Settings) -> str:
+    if settings.device:
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class UnitReport:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    requeued: int = 0
+    skipped: int = 0
+    batches_finished: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Runtime:
+    """What a worker process needs, made once per process after fork (never in the parent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.name = f"{socket.gethostname()}:{self.pid}"
+        self.engine = make_engine(settings.resolved_database_url())
+        self.sessions = session_factory(self.engine)
+        self.storage = open_storage(settings.resolved_storage_url(),
+                                    endpoint_url=settings.s3_endpoint_url,
+                                    max_connections=settings.upload_threads + 4)
+        self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
+        self.pipelines: dict[str, Pipeline] = {}
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = pick_device(self.settings)
+        return self._device
+
+    def pipeline(self, kind: str) -> Pipeline:
+        pipe = self.pipelines.get(kind)
+        if pipe is None:
+            pipe = make_pipeline(kind, self.settings)
+            pipe.setup(self.device if kind != "noop" else "cpu")
+            self.pipelines[kind] = pipe
+        return pipe
+
+    def close(self) -> None:
+        self.uploads.shutdown(wait=True)
+        self.engine.dispose()
+
+    # -- one unit --------------------------------------------------------------------------
+    def run_unit(self, job_ids: Sequence[str]) -> UnitReport:
+        s = self.settings
+        owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
+        report = UnitReport()
+        with self.sessions.begin() as session:
+            claimed = lifecycle.claim(session, job_ids, owner, s.lease_seconds)
+        if claimed:
+            # top up the last forward pass with queued jobs of the same key from any batch
+            short = (-len(claimed)) % s.max_batch
+            if short:
+                with self.sessions.begin() as session:
+                    claimed += lifecycle.fill(session, claimed[0].batch_key, short, owner,
+                                              s.lease_seconds)
+        report.claimed = len(claimed)
+        report.skipped = len(job_ids) - len([c for c in claimed if c.id in set(job_ids)])
+        if not claimed:
+            return report
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
+        beat.start()
+        try:
+            self._run_claimed(owner, claimed, report)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+        for batch_id in sorted({c.batch_id for c in claimed}):
+            status = finalize_if_done(self.sessions, self.storage, batch_id)
+            if status:
+                report.batches_finished.append(batch_id)
+        return report
+
+    def _heartbeat(self, owner: str, stop: threading.Event) -> None:
+        interval = max(0.5, self.settings.lease_seconds / 3)
+        while not stop.wait(interval):
+            try:
+                with self.sessions.begin() as session:
+                    lifecycle.heartbeat(session, owner, self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                log.warning("heartbeat failed for %s", owner, exc_info=True)
+
+    def _run_claimed(self, owner: str, claimed: list[ClaimedJob], report: UnitReport) -> None:
+        by_key: dict[str, list[ClaimedJob]] = {}
+        for job in claimed:
+            by_key.setdefault(job.batch_key, []).append(job)
+        projects = self._projects({j.batch_id for j in claimed})
+        pending: list[tuple[list[ClaimedJob], list[Any], float]] = []
+        for jobs in by_key.values():
+            pipe: Pipeline | None = None
+            for start in range(0, len(jobs), self.settings.max_batch):
+                chunk = self._still_held(owner, jobs[start : start + self.settings.max_batch])
+                if not chunk:
+                    continue
+                try:
+                    pipe = pipe or self.pipeline(chunk[0].kind)
+                    t0 = time.perf_counter()
+                    results = pipe.run([j.params for j in chunk],
+                                       [{"job_id": j.id, "batch_id": j.batch_id} for j in chunk])
+                    share = (time.perf_counter() - t0) / len(chunk)
+                except Exception as exc:  # noqa: BLE001 - recorded per job below
+                    log.exception("forward pass failed for %d %s jobs", len(chunk), chunk[0].kind)
+                    self._record(owner, [JobResult(j.id, error=_describe(exc),
+                                                   retryable=is_transient(exc)) for j in chunk],
+                                 report)
+                    continue
+                futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
+                            for art in arts] for j, arts in zip(chunk, results, strict=True)]
+                pending.append((chunk, futures, share))
+                # keep one pass in flight: record the previous one while this one uploads
+                while len(pending) > 1:
+                    self._finish(owner, *pending.pop(0), report)
+        while pending:
+            self._finish(owner, *pending.pop(0), report)
+
+    def _upload(self, project: str, job: ClaimedJob, art: Artifact) -> OutputRecord:
+        data = art.encode()
+        key = self.storage.job_key(project, job.batch_id, job.id, art.name)
+        stored = self.storage.put(key, data, art.content_type, art.metadata)
+        return OutputRecord(art.name, stored.key, stored.sha256, stored.bytes, stored.content_type)
+
+    def _finish(self, owner: str, chunk: list[ClaimedJob], futures: list[list[Future[OutputRecord]]],
+                share: float, report: UnitReport) -> None:
+        results = []
+        for job, outs in zip(chunk, futures, strict=True):
+            try:
+                results.append(JobResult(job.id, [f.result() for f in outs], share))
+            except Exception as exc:  # noqa: BLE001 - one job's upload failing fails that job only
+                results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
+                                         device_seconds=share))
+        self._record(owner, results, report)
+
+    def _record(self, owner: str, results: list[JobResult], report: UnitReport) -> None:
+        with self.sessions.begin() as session:
+            ok, failed, requeued = lifecycle.record(session, owner, results)
+        report.succeeded += len(ok)
+        report.failed += len(failed)
+        report.requeued += len(requeued)
+
+    def _still_held(self, owner: str, chunk: list[ClaimedJob]) -> list[ClaimedJob]:
+        """The jobs of ``chunk`` this claim still owns: cancelled or lost ones are dropped here."""
+        with self.sessions() as session:
+            held = set(session.scalars(select(Job.id).where(
+                Job.id.in_([j.id for j in chunk]), Job.lease_owner == owner,
+                Job.status == JobStatus.RUNNING)))
+        return [j for j in chunk if j.id in held]
+
+    def _projects(self, batch_ids: set[str]) -> dict[str, str]:
+        with self.sessions() as session:
+            rows = session.execute(select(Batch.id, Batch.project).where(Batch.id.in_(batch_ids)))
+            return {b: p for b, p in rows}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
