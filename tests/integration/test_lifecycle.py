@@ -1,0 +1,120 @@
+"""The state machine on SQLite and PostgreSQL: conditional transitions, events, terminal states."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from jobs import lifecycle
+from jobs.db import make_engine, session_factory
+from jobs.lifecycle import JobResult, OutputRecord
+from jobs.manifest import parse_manifest
+from jobs.models import Job, JobEvent, Output, utcnow
+from jobs.submit import submit
+
+
+@pytest.fixture
+def sessions(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def make_batch(sessions, n: int = 4, **extra) -> list[str]:  # type: ignore[no-untyped-def]
+    line = {"kind": "noop", "tag": {"range": [0, n]}, **extra}
+    import json
+
+    specs = parse_manifest(json.dumps(line))
+    published = []
+    result = submit(sessions, "acme", specs, published.extend, unit_size=64)
+    assert result.published and len(published) == 1
+    return published[0].job_ids
+
+
+def statuses(sessions) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    with sessions() as s:
+        return dict(s.execute(select(Job.id, Job.status)).all())
+
+
+def test_claim_is_conditional_and_logged(sessions) -> None:  # type: ignore[no-untyped-def]
+    ids = make_batch(sessions)
+    with sessions.begin() as s:
+        first = lifecycle.claim(s, ids[:3], "w1", 60)
+    with sessions.begin() as s:
+        second = lifecycle.claim(s, ids, "w2", 60)  # a redelivered message
+    assert {c.id for c in first} == set(ids[:3]) and {c.id for c in second} == {ids[3]}
+    assert all(c.attempt == 1 for c in first + second)
+    with sessions() as s:
+        events = s.execute(select(JobEvent.job_id, JobEvent.from_status, JobEvent.to_status,
+                                  JobEvent.worker)).all()
+    assert sorted(e.job_id for e in events) == sorted(ids)
+    assert {(e.from_status, e.to_status) for e in events} == {("queued", "running")}
+
+
+def test_record_is_guarded_by_the_lease_owner(sessions) -> None:  # type: ignore[no-untyped-def]
+    ids = make_batch(sessions, 2)
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids, "w1", 60)
+    out = OutputRecord("x.bin", "k", "0" * 64, 1, "application/octet-stream")
+    with sessions.begin() as s:  # someone who does not hold the lease writes nothing
+        assert lifecycle.record(s, "intruder", [JobResult(ids[0], [out])]) == (set(), set(), set())
+    with sessions.begin() as s:
+        ok, failed, requeued = lifecycle.record(
+            s, "w1", [JobResult(ids[0], [out], 0.5), JobResult(ids[1], error="bad params")])
+    assert (ok, failed, requeued) == ({ids[0]}, {ids[1]}, set())
+    with sessions.begin() as s:  # terminal states never change
+        assert lifecycle.record(s, "w1", [JobResult(ids[0], [out])])[0] == set()
+        assert lifecycle.claim(s, ids, "w2", 60) == []
+        assert lifecycle.cancel(s, Job.id.in_(ids)) == 0
+    with sessions() as s:
+        assert s.scalars(select(Output.job_id)).all() == [ids[0]]
+        job = s.get(Job, ids[0])
+        assert job.device_seconds == 0.5 and job.lease_owner is None
+        assert s.get(Job, ids[1]).error == "bad params"
+    assert statuses(sessions) == {ids[0]: "succeeded", ids[1]: "failed"}
+
+
+def test_retryable_errors_requeue_with_backoff_until_attempts_run_out(sessions) -> None:  # type: ignore[no-untyped-def]
+    [job_id] = make_batch(sessions, 1, max_attempts=2)
+    with sessions.begin() as s:
+        lifecycle.claim(s, [job_id], "w1", 60)
+        assert lifecycle.record(s, "w1", [JobResult(job_id, error="timeout", retryable=True)])[2] == {job_id}
+    with sessions.begin() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "queued" and job.not_before is not None
+        # not due yet: a claim skips it
+        assert lifecycle.claim(s, [job_id], "w2", 60, now=job.not_before - timedelta(seconds=0.01)) == []
+        assert len(lifecycle.claim(s, [job_id], "w2", 60, now=job.not_before)) == 1
+        assert lifecycle.record(s, "w2", [JobResult(job_id, error="timeout", retryable=True)])[1] == {job_id}
+    assert statuses(sessions) == {job_id: "failed"}
+
+
+def test_expired_leases_go_back_to_the_queue(sessions) -> None:  # type: ignore[no-untyped-def]
+    ids = make_batch(sessions, 2, max_attempts=1)
+    ids2 = make_batch(sessions, 1)
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids + ids2, "lost-worker", 1)
+    with sessions.begin() as s:
+        back, dead = lifecycle.expire_leases(s, now=utcnow() + timedelta(seconds=5))
+    assert back == set(ids2) and dead == set(ids)
+    with sessions.begin() as s:  # the lost worker's late write is refused
+        assert lifecycle.record(s, "lost-worker", [JobResult(ids2[0])])[0] == set()
+        assert lifecycle.heartbeat(s, "lost-worker", 60) == 0
+
+
+def test_release_refunds_the_attempt(sessions) -> None:  # type: ignore[no-untyped-def]
+    ids = make_batch(sessions, 2)
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids, "w1", 60)
+        assert lifecycle.release(s, "w1", ids, "warm shutdown") == set(ids)
+    with sessions() as s:
+        assert {j.attempt for j in s.scalars(select(Job))} == {0}
+
+
+def test_fill_takes_queued_jobs_of_the_same_key_across_batches(sessions) -> None:  # type: ignore[no-untyped-def]
+    a = make_batch(sessions, 3)
+    b = make_batch(sessions, 3)
+    with sessions.begin() as s:
+        mine = lifecycle.claim(s, a[:1], "w1", 60)
+        more = lifecycle.fill(s, mine[0].batch_key, 4, "w1", 60)
+    assert len(more) == 4 and set(c.id for c in more) <= set(a[1:] + b)
