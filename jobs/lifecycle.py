@@ -8,6 +8,7 @@ and late writers from an expired lease harmless.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import JSON, String, and_, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobs.models import Job, JobEvent, Output, utcnow
+from jobs.models import Job, JobEvent, Output, UTCDateTime, utcnow
 from jobs.states import JobStatus
 
 # Retry backoff: base * 2**(attempt-1), capped, with full jitter.
@@ -66,13 +67,59 @@ def _events(rows: Iterable[tuple[str, int]], from_status: JobStatus | None, to_s
     ]
 
 
+def insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
+    """Bulk INSERT in this transaction: COPY on PostgreSQL, executemany on SQLite.
+
+    psycopg's executemany sends one statement per row and multi-row VALUES
+    statements cost more to build than to run; COPY streams the rows at once.
+    """
+    if not rows:
+        return
+    table = model.__table__
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    as_json = {c for c in columns if isinstance(table.c[c].type, JSON)}
+    names = ", ".join(f'"{c}"' for c in columns)
+    cursor = conn.connection.driver_connection.cursor()  # the transaction's own connection
+    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[c]) if c in as_json else row[c] for c in columns])
+    cursor.close()
+
+
 def _log(session: Session, events: list[dict[str, Any]]) -> None:
-    if events:
-        session.execute(insert(JobEvent), events)
+    insert_rows(session, JobEvent, events)
 
 
-_CLAIM_COLUMNS = (Job.id, Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.attempt,
-                  Job.max_attempts)
+def _move(session: Session, stmt: Any, from_status: JobStatus | None, to_status: JobStatus,
+          reason: str, worker: str | None, now: datetime, *columns: Any) -> list[Any]:
+    """Run a conditional ``UPDATE jobs`` and log one event per row it moved; returns those rows
+    as (id, attempt, *columns).
+
+    On PostgreSQL the event rows are written by the same statement (a data-modifying CTE),
+    so a transition costs one round trip.
+    """
+    stmt = stmt.returning(Job.id, Job.attempt, *columns).execution_options(
+        synchronize_session=False)
+    if session.get_bind().dialect.name != "postgresql":
+        rows = session.execute(stmt).all()
+        _log(session, _events(((r[0], r[1]) for r in rows), from_status, to_status, reason,
+                              worker, now))
+        return rows
+    moved = stmt.cte("moved")
+    logged = insert(JobEvent).from_select(
+        ["job_id", "at", "from_status", "to_status", "attempt", "reason", "worker"],
+        select(moved.c.id, literal(now, UTCDateTime()), literal(from_status, String()),
+               literal(to_status.value, String()), moved.c.attempt,
+               literal(reason[:255], String()), literal(worker, String())),
+    ).cte("logged")
+    return session.execute(select(moved).add_cte(logged)).all()
+
+
+_CLAIM_COLUMNS = (Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.max_attempts)
 
 
 def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: float,
@@ -88,13 +135,10 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
         .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
                 error=None)
-        .returning(*_CLAIM_COLUMNS)
-        .execution_options(synchronize_session=False)
     )
-    claimed = [ClaimedJob(*row) for row in session.execute(stmt)]
-    _log(session, _events(((c.id, c.attempt) for c in claimed), JobStatus.QUEUED,
-                          JobStatus.RUNNING, "claimed", owner, now))
-    return claimed
+    rows = _move(session, stmt, JobStatus.QUEUED, JobStatus.RUNNING, "claimed", owner, now,
+                 *_CLAIM_COLUMNS)
+    return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6]) for r in rows]
 
 
 def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
@@ -145,24 +189,18 @@ def record(session: Session, owner: str, results: Sequence[JobResult],
         for r in ok:
             by_share[r.device_seconds].append(r.job_id)
         for share, ids in by_share.items():
-            rows = session.execute(
-                update(Job).where(Job.id.in_(ids), Job.lease_owner == owner,
-                                  Job.status == JobStatus.RUNNING)
+            rows = _move(session, update(Job).where(
+                Job.id.in_(ids), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
                 .values(status=JobStatus.SUCCEEDED, finished_at=now, lease_owner=None,
-                        lease_expires_at=None, device_seconds=Job.device_seconds + share)
-                .returning(Job.id, Job.attempt)
-                .execution_options(synchronize_session=False)
-            ).all()
-            succeeded.update(dict(rows))
+                        lease_expires_at=None, device_seconds=Job.device_seconds + share),
+                JobStatus.RUNNING, JobStatus.SUCCEEDED, "succeeded", owner, now)
+            succeeded.update({r[0]: r[1] for r in rows})
         rows_out = [
             {"job_id": j, "name": o.name, "key": o.key, "sha256": o.sha256, "bytes": o.bytes,
              "content_type": o.content_type, "created_at": now}
             for j in succeeded for o in by_id[j].outputs
         ]
-        if rows_out:
-            session.execute(insert(Output), rows_out)
-        _log(session, _events(succeeded.items(), JobStatus.RUNNING, JobStatus.SUCCEEDED,
-                              "succeeded", owner, now))
+        insert_rows(session, Output, rows_out)
     failed, requeued = _fail(session, owner, bad, now) if bad else (set(), set())
     return set(succeeded), failed, requeued
 
@@ -207,15 +245,11 @@ def release(session: Session, owner: str, job_ids: Sequence[str], reason: str,
             now: datetime | None = None) -> set[str]:
     """running -> queued for jobs handed back unfinished (warm shutdown); the attempt is refunded."""
     now = now or utcnow()
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+    rows = _move(session, update(Job).where(
+        Job.id.in_(list(job_ids)), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
         .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                attempt=Job.attempt - 1, published_at=None)
-        .returning(Job.id, Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).all()
-    _log(session, _events(rows, JobStatus.RUNNING, JobStatus.QUEUED, reason, owner, now))
+                attempt=Job.attempt - 1, published_at=None),
+        JobStatus.RUNNING, JobStatus.QUEUED, reason, owner, now)
     return {r[0] for r in rows}
 
 
@@ -223,22 +257,14 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[st
     """Running jobs whose lease ran out go back to the queue, or fail when out of attempts."""
     now = now or utcnow()
     expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-    back = session.execute(
-        update(Job).where(expired, Job.attempt < Job.max_attempts)
-        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                published_at=None, error="lease expired (worker lost)")
-        .returning(Job.id, Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).all()
-    dead = session.execute(
-        update(Job).where(expired, Job.attempt >= Job.max_attempts)
-        .values(status=JobStatus.FAILED, lease_owner=None, lease_expires_at=None, finished_at=now,
-                error="lease expired on the last attempt (worker lost)")
-        .returning(Job.id, Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).all()
-    _log(session, _events(back, JobStatus.RUNNING, JobStatus.QUEUED, "lease expired", None, now))
-    _log(session, _events(dead, JobStatus.RUNNING, JobStatus.FAILED, "lease expired", None, now))
+    back = _move(session, update(Job).where(expired, Job.attempt < Job.max_attempts)
+                 .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                         published_at=None, error="lease expired (worker lost)"),
+                 JobStatus.RUNNING, JobStatus.QUEUED, "lease expired", None, now)
+    dead = _move(session, update(Job).where(expired, Job.attempt >= Job.max_attempts)
+                 .values(status=JobStatus.FAILED, lease_owner=None, lease_expires_at=None,
+                         finished_at=now, error="lease expired on the last attempt (worker lost)"),
+                 JobStatus.RUNNING, JobStatus.FAILED, "lease expired", None, now)
     return {r[0] for r in back}, {r[0] for r in dead}
 
 

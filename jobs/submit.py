@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import GenfarmError
-from jobs.lifecycle import due_unpublished, mark_published
+from jobs.lifecycle import due_unpublished, insert_rows, mark_published
 from jobs.manifest import JobSpec
 from jobs.models import Batch, Job, Project, utcnow
 
@@ -100,8 +100,7 @@ def submit(
         session.add(Batch(id=batch_id, project=project, source=source[:255],
                           job_count=len(rows), created_at=now))
         session.flush()
-        for i in range(0, len(rows), 5000):
-            session.execute(insert(Job), rows[i : i + 5000])
+        insert_rows(session, Job, rows)
     units = make_units(triples, unit_size)
     try:
         publish(units)

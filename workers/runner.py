@@ -80,6 +80,7 @@ class Runtime:
         self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
         self.pipelines: dict[str, Pipeline] = {}
         self._device: str | None = None
+        self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
 
     @property
     def device(self) -> str:
@@ -149,7 +150,9 @@ class Runtime:
         for jobs in by_key.values():
             pipe: Pipeline | None = None
             for start in range(0, len(jobs), self.settings.max_batch):
-                chunk = self._still_held(owner, jobs[start : start + self.settings.max_batch])
+                chunk = jobs[start : start + self.settings.max_batch]
+                if start:  # a boundary: drop jobs cancelled or lost since the claim
+                    chunk = self._still_held(owner, chunk)
                 if not chunk:
                     continue
                 try:
@@ -206,9 +209,13 @@ class Runtime:
         return [j for j in chunk if j.id in held]
 
     def _projects(self, batch_ids: set[str]) -> dict[str, str]:
-        with self.sessions() as session:
-            rows = session.execute(select(Batch.id, Batch.project).where(Batch.id.in_(batch_ids)))
-            return {b: p for b, p in rows}
+        missing = batch_ids - self._project_of.keys()
+        if missing:
+            with self.sessions() as session:
+                rows = session.execute(
+                    select(Batch.id, Batch.project).where(Batch.id.in_(missing)))
+                self._project_of.update({b: p for b, p in rows})
+        return self._project_of
 
 
 def _describe(exc: BaseException) -> str:

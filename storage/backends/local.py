@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,20 +16,26 @@ class LocalStorage(Storage):
         self.root = root.resolve()
         self.url = self.root.as_uri()
         self.prefix = ""
+        self._root = str(self.root) + os.sep
+        self._made: set[str] = set()  # folders known to exist: one mkdir per folder, not per put
 
     def path_of(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        # normpath, not resolve(): no syscalls per put; keys are checked, not symlink-chased
+        path = os.path.normpath(os.path.join(self._root, key))
+        if not path.startswith(self._root) or key.startswith("/"):
             raise BadKey(f"key {key!r} leaves the storage folder")
-        return path
+        return Path(path)
 
     def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         path = self.path_of(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.path.dirname(path)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
         # write then rename: readers never see half an object, a crash leaves no partial file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
         except BaseException:
