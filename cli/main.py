@@ -270,9 +270,11 @@ def _redact(url: str) -> str:
         return url
 
 
-from cli import worker as _worker  # noqa: E402  (registers worker and demo)
+from cli import manage as _manage  # noqa: E402
+from cli import worker as _worker  # noqa: E402
 
 _worker.register(cli)
+_manage.register(cli)
 
 
 def main() -> None:

@@ -29,11 +29,14 @@ DEMO_MANIFEST = b"""\
               show_default=True, help="Celery pool: prefork isolates each process.")
 @click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
               help="Recycle a worker process after this many work units.")
+@click.option("--max-memory-per-child", type=click.IntRange(1), default=None, metavar="KIB",
+              help="Recycle a worker process once its resident memory passes this (KiB).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @settings_options
 @friendly_errors
 def worker(settings: Settings, queues: str | None, max_batch: int | None, concurrency: int,
-           pool: str, max_tasks_per_child: int | None, loglevel: str) -> None:
+           pool: str, max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           loglevel: str) -> None:
     """Run a worker: it takes work units from the broker and runs their jobs in batches.
 
     The model loads in each worker process after it starts (CUDA is never touched
@@ -48,6 +51,8 @@ def worker(settings: Settings, queues: str | None, max_batch: int | None, concur
             "-l", loglevel, "-E", "-n", f"genfarm-{os.getpid()}@%h", "--without-mingle"]
     if max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    if max_memory_per_child:
+        argv += ["--max-memory-per-child", str(max_memory_per_child)]
     app.worker_main(argv)
 
 

@@ -141,3 +141,10 @@ def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str
 def open_batches(session: Session, limit: int = 1000) -> list[str]:
     return list(session.scalars(
         select(Batch.id).where(Batch.finished_at.is_(None)).order_by(Batch.created_at).limit(limit)))
+
+
+def reopen(session: Session, batch_id: str) -> None:
+    """A finished batch that gets work again (a retry) is active until it finishes anew."""
+    session.execute(update(Batch).where(Batch.id == batch_id)
+                    .values(status=BatchStatus.ACTIVE, finished_at=None)
+                    .execution_options(synchronize_session=False))

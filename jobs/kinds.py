@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,10 +46,16 @@ class GenerateParams(Params):
 
 
 class NoopParams(Params):
-    """A job that runs no model and writes a tiny output: for smoke tests and overhead checks."""
+    """A job that runs no model and writes a tiny output: for smoke tests, overhead checks and
+    failure drills (a job that fails on purpose shows how the farm isolates and retries it)."""
 
     payload_bytes: int = Field(64, ge=1, le=1_048_576, description="Size of the output object.")
     tag: int = Field(0, ge=0, description="Free number, e.g. to sweep many distinct jobs.")
+    fail: Literal["never", "always", "transient"] = Field(
+        "never", description="Drill: 'always' breaks every pass it is in (a poison job); "
+        "'transient' fails its first attempt with a retryable error.")
+    oom_above: int = Field(0, ge=0, description="Drill: a pass of more jobs than this runs out "
+                                                "of memory (0: never).")
 
 
 @dataclass(frozen=True)

@@ -270,17 +270,42 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[st
 
 def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
            now: datetime | None = None) -> int:
-    """queued|running -> cancelled for the jobs ``job_filter`` selects; running work stops at its next boundary."""
+    """queued|running -> cancelled for the jobs ``job_filter`` selects.
+
+    Queued jobs can no longer be claimed once this commits; running ones stop at
+    their worker's next batch boundary (the worker no longer holds them).
+    """
     now = now or utcnow()
-    rows = session.execute(
-        update(Job).where(job_filter, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(status=JobStatus.CANCELLED, lease_owner=None, lease_expires_at=None,
-                finished_at=now, error=reason)
-        .returning(Job.id, Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).all()
-    _log(session, _events(rows, None, JobStatus.CANCELLED, reason, None, now))
+    moved = 0
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        moved += len(_move(session, update(Job).where(job_filter, Job.status == status)
+                           .values(status=JobStatus.CANCELLED, lease_owner=None,
+                                   lease_expires_at=None, finished_at=now, error=reason),
+                           status, JobStatus.CANCELLED, reason, None, now))
+    return moved
+
+
+def retry_failed(session: Session, job_filter: Any, extra_attempts: int,
+                 now: datetime | None = None) -> int:
+    """failed -> queued for the jobs ``job_filter`` selects, with ``extra_attempts`` more tries."""
+    now = now or utcnow()
+    rows = _move(session, update(Job).where(job_filter, Job.status == JobStatus.FAILED)
+                 .values(status=JobStatus.QUEUED, max_attempts=Job.attempt + extra_attempts,
+                         finished_at=None, not_before=None, published_at=None),
+                 JobStatus.FAILED, JobStatus.QUEUED, "retry requested", None, now)
     return len(rows)
+
+
+def release_owned(session: Session, owner_prefix: str, reason: str,
+                  now: datetime | None = None) -> set[str]:
+    """Hand back every running job whose claim began with ``owner_prefix`` (a worker process)."""
+    now = now or utcnow()
+    rows = _move(session, update(Job).where(
+        Job.lease_owner.startswith(owner_prefix, autoescape=True), Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                attempt=Job.attempt - 1, published_at=None),
+        JobStatus.RUNNING, JobStatus.QUEUED, reason, None, now)
+    return {r[0] for r in rows}
 
 
 def due_unpublished(session: Session, republish_after_s: float, limit: int,

@@ -13,6 +13,7 @@ import difflib
 import io
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -240,15 +241,17 @@ def _sweep_values(value: Any) -> list[Any] | str | None:
             return 'expected a plain value, a list to sweep, or {"range": [start, stop, step]}'
         bounds = value["range"]
         if (not isinstance(bounds, list) or len(bounds) not in (2, 3)
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
-            return "range takes [start, stop] or [start, stop, step] numbers"
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                           and math.isfinite(b) for b in bounds)):
+            return "range takes [start, stop] or [start, stop, step] finite numbers"
         start, stop = bounds[0], bounds[1]
         step = bounds[2] if len(bounds) == 3 else 1
         if step == 0 or (stop - start) / step <= 0:
             return f"range {bounds} is empty"
-        n = int((stop - start) / step + 0.999999)
-        if n > MAX_JOBS:
-            return f"range {bounds} has {n} values; the limit is {MAX_JOBS}"
+        span = (stop - start) / step
+        if not span < MAX_JOBS:
+            return f"range {bounds} has more than {MAX_JOBS} values"
+        n = math.ceil(span - 1e-9)
         if all(isinstance(b, int) for b in (start, stop, step)):
             return list(range(start, stop, step))
         return [round(start + i * step, 10) for i in range(n)]

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A queued job unclaimed this long is published again."
     )
     reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    unit_time_limit: float = Field(
+        3600.0, ge=0, description="Seconds a work unit may run (0: no limit); its jobs then retry.")
     model_profile: str = Field("default", description="Generator size profile (tiny, default).")
     checkpoint: str | None = Field(None, description="Safetensors checkpoint for the generator.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")

@@ -13,6 +13,7 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"  # withdrawn by the user before it finished
 
 
+# Finished states: nothing moves a job out of them, except a user's explicit retry of a failure.
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 # The only transitions the state machine allows; terminal states never change.
@@ -22,7 +23,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
     ),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # only by an explicit `genfarm retry`
     JobStatus.CANCELLED: frozenset(),
 }
 

@@ -104,6 +104,48 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         _drop_pg_database(server, url)
 
 
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temp folder), to stop and start."""
+
+    def __init__(self, root: Path) -> None:
+        bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not bindirs:
+            missing("PostgreSQL binaries", "no /usr/lib/postgresql/*/bin")
+        self.bin = bindirs[-1]
+        self.data = root / "pgdata"
+        self.port = free_port()
+        self.runas = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        root.mkdir(parents=True, exist_ok=True)
+        if self.runas:
+            shutil.chown(root, "postgres")
+        subprocess.run([*self.runas, str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
+                        "-U", "postgres"], check=True, capture_output=True)
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run([*self.runas, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                        str(self.data / "server.log"), "-o",
+                        f"-h 127.0.0.1 -p {self.port} -k {self.data}", "start"],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.runas, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m",
+                        "fast", "stop"], capture_output=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="genfarm-pg-"))  # outside pytest's 0700 folders
+    os.chmod(root, 0o755)
+    server = PrivatePostgres(root / "server")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # -- Redis --------------------------------------------------------------------------------
 @pytest.fixture
 def redis_url() -> Iterator[str]:

@@ -6,11 +6,14 @@ No torch here: the CLI imports this module to publish work units.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import worker_shutting_down
 
 from jobs.kinds import KINDS
 from jobs.settings import Settings
@@ -50,7 +53,15 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options=broker_options(settings),
         worker_hijack_root_logger=False,
     )
+    if settings.unit_time_limit:
+        app.conf.task_soft_time_limit = settings.unit_time_limit
+        app.conf.task_time_limit = settings.unit_time_limit + 60
     app.genfarm_settings = settings  # type: ignore[attr-defined]
+    # Made here, in the worker's main process, and inherited by its forked pool processes:
+    # set on warm shutdown, so runners hand unstarted jobs back at their next boundary.
+    draining = multiprocessing.get_context("fork").Event()
+    app.genfarm_draining = draining  # type: ignore[attr-defined]
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
     runtime_holder: dict[str, Any] = {}
 
     def runtime() -> Any:
@@ -58,8 +69,15 @@ def make_app(settings: Settings) -> Celery:
 
         rt = runtime_holder.get("rt")
         if rt is None or rt.pid != os.getpid():  # made after fork, never shared across processes
-            rt = runtime_holder["rt"] = Runtime(settings)
+            rt = runtime_holder["rt"] = Runtime(settings, worker_id=worker_id, draining=draining,
+                                                publish=publisher(app))
         return rt
+
+    def on_shutdown(sig: Any = None, how: str = "", **_: Any) -> None:
+        if how == "Warm":
+            draining.set()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
 
     app.genfarm_runtime = runtime  # type: ignore[attr-defined]
 

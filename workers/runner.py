@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -28,6 +29,7 @@ from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
 from jobs.settings import Settings
 from jobs.states import JobStatus
+from jobs.submit import Publisher
 from storage import open_storage
 from storage.errors import StorageUnavailable
 from workers.pipelines import Pipeline, make_pipeline
@@ -36,12 +38,16 @@ from workers.pipelines.base import Artifact
 log = logging.getLogger("genfarm.worker")
 
 
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth another attempt: storage, network, database connection, out of memory."""
     if isinstance(exc, (StorageUnavailable, ConnectionError, TimeoutError, OperationalError,
-                        PoolTimeout, MemoryError)):
+                        PoolTimeout)):
         return True
-    return "out of memory" in str(exc).lower()
+    return is_oom(exc)
 
 
 def pick_device(settings: Settings) -> str:
@@ -66,12 +72,21 @@ class UnitReport:
 
 
 class Runtime:
-    """What a worker process needs, made once per process after fork (never in the parent)."""
+    """What a worker process needs, made once per process after fork (never in the parent).
 
-    def __init__(self, settings: Settings) -> None:
+    ``worker_id`` names the worker (its main process), so that claims can be handed back
+    by worker; ``draining`` is set when the worker begins a warm shutdown; ``publish``
+    republishes jobs handed back.
+    """
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+                 draining: Any = None, publish: Publisher | None = None) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        self.name = f"{socket.gethostname()}:{self.pid}"
+        self.name = f"{worker_id or socket.gethostname()}:{self.pid}"
+        self.draining = draining
+        self.publish = publish
+        self.fits: dict[str, int] = {}  # batch key -> largest pass known to fit in memory
         self.engine = make_engine(settings.resolved_database_url())
         self.sessions = session_factory(self.engine)
         self.storage = open_storage(settings.resolved_storage_url(),
@@ -123,6 +138,11 @@ class Runtime:
         beat.start()
         try:
             self._run_claimed(owner, claimed, report)
+        except SoftTimeLimitExceeded:
+            held = self._still_held(owner, claimed)
+            log.warning("unit time limit: %d jobs left, each will retry", len(held))
+            self._record(owner, [JobResult(j.id, error="unit time limit exceeded", retryable=True)
+                                 for j in held], report)
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -147,34 +167,76 @@ class Runtime:
             by_key.setdefault(job.batch_key, []).append(job)
         projects = self._projects({j.batch_id for j in claimed})
         pending: list[tuple[list[ClaimedJob], list[Any], float]] = []
-        for jobs in by_key.values():
-            pipe: Pipeline | None = None
-            for start in range(0, len(jobs), self.settings.max_batch):
-                chunk = jobs[start : start + self.settings.max_batch]
-                if start:  # a boundary: drop jobs cancelled or lost since the claim
+        for key, jobs in by_key.items():
+            done = 0
+            while done < len(jobs):
+                size = min(self.settings.max_batch, self.fits.get(key, self.settings.max_batch))
+                chunk = jobs[done : done + size]
+                done += len(chunk)
+                if self.draining is not None and self.draining.is_set():
+                    self._hand_back(owner, jobs[done - len(chunk):], report)
+                    break
+                if done > len(chunk):  # a boundary: drop jobs cancelled or lost since the claim
                     chunk = self._still_held(owner, chunk)
-                if not chunk:
-                    continue
-                try:
-                    pipe = pipe or self.pipeline(chunk[0].kind)
-                    t0 = time.perf_counter()
-                    results = pipe.run([j.params for j in chunk],
-                                       [{"job_id": j.id, "batch_id": j.batch_id} for j in chunk])
-                    share = (time.perf_counter() - t0) / len(chunk)
-                except Exception as exc:  # noqa: BLE001 - recorded per job below
-                    log.exception("forward pass failed for %d %s jobs", len(chunk), chunk[0].kind)
-                    self._record(owner, [JobResult(j.id, error=_describe(exc),
-                                                   retryable=is_transient(exc)) for j in chunk],
-                                 report)
-                    continue
-                futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
-                            for art in arts] for j, arts in zip(chunk, results, strict=True)]
-                pending.append((chunk, futures, share))
-                # keep one pass in flight: record the previous one while this one uploads
-                while len(pending) > 1:
+                if chunk:
+                    self._run_pass(owner, key, chunk, projects, pending, report)
+                while len(pending) > 1:  # one pass in flight: record it while the next computes
                     self._finish(owner, *pending.pop(0), report)
         while pending:
             self._finish(owner, *pending.pop(0), report)
+
+    def _run_pass(self, owner: str, key: str, chunk: list[ClaimedJob], projects: dict[str, str],
+                  pending: list[tuple[list[ClaimedJob], list[Any], float]],
+                  report: UnitReport) -> None:
+        """One forward pass. A pass that fails is split in halves and each half retried, so a
+        poison job ends up failing alone; out of memory also lowers the size that fits."""
+        try:
+            pipe = self.pipeline(chunk[0].kind)
+            t0 = time.perf_counter()
+            results = pipe.run([j.params for j in chunk],
+                               [{"job_id": j.id, "batch_id": j.batch_id, "attempt": j.attempt}
+                                for j in chunk])
+            share = (time.perf_counter() - t0) / len(chunk)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolated below, recorded per job in the end
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                if is_oom(exc):
+                    self.fits[key] = min(self.fits.get(key, len(chunk)), half)
+                    log.warning("out of memory at %d %s jobs; passes of %s now hold %d",
+                                len(chunk), chunk[0].kind, key, self.fits[key])
+                else:
+                    log.warning("a pass of %d %s jobs failed (%s); splitting it", len(chunk),
+                                chunk[0].kind, _describe(exc))
+                self._run_pass(owner, key, chunk[:half], projects, pending, report)
+                self._run_pass(owner, key, chunk[half:], projects, pending, report)
+                return
+            log.warning("job %s failed: %s", chunk[0].id, _describe(exc))
+            self._record(owner, [JobResult(chunk[0].id, error=_describe(exc),
+                                           retryable=is_transient(exc))], report)
+            return
+        futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
+                    for art in arts] for j, arts in zip(chunk, results, strict=True)]
+        pending.append((chunk, futures, share))
+
+    def _hand_back(self, owner: str, jobs: list[ClaimedJob], report: UnitReport) -> None:
+        """Warm shutdown: jobs not started go back to the queue at once, attempt refunded."""
+        with self.sessions.begin() as session:
+            back = lifecycle.release(session, owner, [j.id for j in jobs], "worker shutting down")
+        report.requeued += len(back)
+        if back and self.publish is not None:
+            from jobs.kinds import KINDS
+            from jobs.submit import make_units
+
+            mine = [j for j in jobs if j.id in back]
+            try:
+                self.publish(make_units([(j.id, KINDS[j.kind].queue, j.batch_key) for j in mine],
+                                        self.settings.unit_size))
+                with self.sessions.begin() as session:
+                    lifecycle.mark_published(session, [j.id for j in mine])
+            except Exception:  # noqa: BLE001 - the reconciler publishes them instead
+                log.warning("could not republish %d handed-back jobs", len(mine), exc_info=True)
 
     def _upload(self, project: str, job: ClaimedJob, art: Artifact) -> OutputRecord:
         data = art.encode()
@@ -199,6 +261,23 @@ class Runtime:
         report.succeeded += len(ok)
         report.failed += len(failed)
         report.requeued += len(requeued)
+        unrecorded = [r for r in results if r.outputs and r.job_id not in ok]
+        if unrecorded:
+            self._drop_cancelled_outputs(unrecorded)
+
+    def _drop_cancelled_outputs(self, results: list[JobResult]) -> None:
+        """Objects uploaded for jobs cancelled meanwhile would be orphans: delete them. (Jobs
+        lost to an expired lease keep theirs: the rerun writes the same keys.)"""
+        with self.sessions() as session:
+            cancelled = set(session.scalars(select(Job.id).where(
+                Job.id.in_([r.job_id for r in results]), Job.status == JobStatus.CANCELLED)))
+        for r in results:
+            if r.job_id in cancelled:
+                for out in r.outputs:
+                    try:
+                        self.storage.delete(out.key)
+                    except Exception:  # noqa: BLE001 - best effort; the object is unreferenced
+                        log.warning("could not delete %s", out.key, exc_info=True)
 
     def _still_held(self, owner: str, chunk: list[ClaimedJob]) -> list[ClaimedJob]:
         """The jobs of ``chunk`` this claim still owns: cancelled or lost ones are dropped here."""

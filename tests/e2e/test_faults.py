@@ -1,0 +1,212 @@
+"""Nothing lost, nothing done twice, with real processes and real services under faults:
+kill -9, a flushed broker, a stopped database, a flaky S3 endpoint, poison jobs, cancellation,
+warm shutdown. Each test ends by counting: every job finished, one output each, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import redis
+
+from jobs.db import upgrade
+from storage import open_storage
+from tests.conftest import S3_ENV, PrivatePostgres, Workers, run_cli
+from tests.helpers import Db, FlakyProxy, assert_exactly_one_output_each, submit
+
+
+def farm_env(tmp_path: Path, db_url: str, broker_url: str, storage_url: str,
+             **extra: str) -> dict[str, str]:
+    return {"GENFARM_DATABASE_URL": db_url, "GENFARM_BROKER_URL": broker_url,
+            "GENFARM_STORAGE_URL": storage_url, "GENFARM_DATA_DIR": str(tmp_path / "data"),
+            "GENFARM_MODEL_PROFILE": "tiny", "GENFARM_LEASE_SECONDS": "4",
+            "GENFARM_RECONCILE_INTERVAL": "1", "GENFARM_REPUBLISH_AFTER_SECONDS": "6", **extra}
+
+
+def generate(n: int, size: int = 64) -> dict[str, object]:
+    return {"kind": "generate", "seed": {"range": [0, n]}, "width": size, "height": size}
+
+
+def attempts_match_events(db: Db, batch_id: str) -> None:
+    """Each job's attempt count is its claims, and every extra claim follows a recorded loss."""
+    claims: dict[str, int] = {}
+    for e in db.events(batch_id):
+        if e.to_status == "running":
+            claims[e.job_id] = claims.get(e.job_id, 0) + 1
+    for job in db.jobs(batch_id):
+        assert job.attempt == claims.get(job.id, 0), (job.id, job.attempt, claims.get(job.id))
+
+
+def test_kill_9_mid_batch_loses_and_duplicates_nothing(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str, s3_bucket: str,
+        s3_endpoint: str) -> None:
+    storage_url = f"s3://{s3_bucket}/farm"
+    env = farm_env(tmp_path, pg_url, redis_url, storage_url, AWS_ENDPOINT_URL=s3_endpoint, **S3_ENV)
+    upgrade(pg_url)
+    batch = submit(env, tmp_path, generate(400))
+    db = Db(pg_url)
+    first = workers.start(env, "--max-batch", "8")
+    db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 60
+            and d.counts(batch).get("running", 0) > 0)
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool process, mid-pass
+    first.wait(timeout=10)
+    killed_at = db.counts(batch)
+    workers.start(env, "--max-batch", "8")
+    db.wait(batch, workers, timeout=300)
+    assert_exactly_one_output_each(db, batch, open_storage(storage_url))
+    attempts_match_events(db, batch)
+    expired = [e for e in db.events(batch) if e.reason == "lease expired"]
+    assert len(expired) >= 1 and len(expired) >= killed_at.get("running", 0) - 8
+    assert max(j.attempt for j in db.jobs(batch)) == 2
+    db.close()
+
+
+def test_flushall_while_queued_and_running(tmp_path: Path, workers: Workers, pg_url: str,
+                                           redis_url: str) -> None:
+    storage_url = (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, pg_url, redis_url, storage_url)
+    upgrade(pg_url)
+    batch = submit(env, tmp_path, generate(400))
+    db = Db(pg_url)
+    workers.start(env, "--max-batch", "8")
+    db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 40)
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()  # every queued message and the unacked one are gone
+    assert client.llen("generate") == 0
+    db.wait(batch, workers, timeout=300)
+    assert_exactly_one_output_each(db, batch, open_storage(storage_url))
+    attempts_match_events(db, batch)
+    db.close()
+
+
+def test_postgres_stopped_under_load(tmp_path: Path, workers: Workers, private_pg: PrivatePostgres,
+                                     redis_url: str) -> None:
+    storage_url = (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, private_pg.url, redis_url, storage_url)
+    upgrade(private_pg.url)
+    batch = submit(env, tmp_path, generate(300))
+    db = Db(private_pg.url)
+    workers.start(env, "--max-batch", "8")
+    db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 30)
+    private_pg.stop()
+    time.sleep(5)
+    private_pg.start()
+    db.wait(batch, workers, timeout=300)
+    assert_exactly_one_output_each(db, batch, open_storage(storage_url))
+    attempts_match_events(db, batch)
+    db.close()
+
+
+def test_flaky_s3_endpoint(tmp_path: Path, workers: Workers, pg_url: str, redis_url: str,
+                           s3_bucket: str, s3_endpoint: str) -> None:
+    proxy = FlakyProxy(s3_endpoint, fail_every=3)  # a third of all uploads get a 503
+    try:
+        storage_url = f"s3://{s3_bucket}/flaky"
+        env = farm_env(tmp_path, pg_url, redis_url, storage_url, AWS_ENDPOINT_URL=proxy.url,
+                       **S3_ENV)
+        upgrade(pg_url)
+        batch = submit(env, tmp_path, generate(120))
+        db = Db(pg_url)
+        workers.start(env, "--max-batch", "16")
+        db.wait(batch, workers, timeout=300)
+        assert proxy.failed >= 30  # the faults really happened
+        assert_exactly_one_output_each(db, batch, open_storage(storage_url))  # read past the proxy
+        db.close()
+    finally:
+        proxy.close()
+
+
+def test_poison_oom_and_transient_jobs(tmp_path: Path, workers: Workers, pg_url: str,
+                                       redis_url: str) -> None:
+    storage_url = (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, pg_url, redis_url, storage_url)
+    upgrade(pg_url)
+    poison = submit(env, tmp_path, {"kind": "noop", "tag": {"range": [0, 15]}},
+                    {"kind": "noop", "tag": 15, "fail": "always"},
+                    {"kind": "noop", "tag": {"range": [16, 32]}})
+    oom = submit(env, tmp_path, {"kind": "noop", "tag": {"range": [100, 132]}, "oom_above": 5})
+    flaky = submit(env, tmp_path, {"kind": "noop", "tag": {"range": [200, 204]}, "fail": "transient"})
+    db = Db(pg_url)
+    workers.start(env, "--max-batch", "32")
+    for batch in (poison, oom, flaky):
+        db.wait(batch, workers)
+    jobs = db.jobs(poison)
+    assert len(jobs) == 32 and db.counts(poison) == {"succeeded": 31, "failed": 1}
+    [bad] = [j for j in jobs if j.status == "failed"]
+    assert bad.params["fail"] == "always" and "this job always fails" in bad.error
+    assert bad.attempt == 1  # a permanent error: no retries
+    assert db.counts(oom) == {"succeeded": 32}
+    assert "passes of noop now hold 4" in workers.logs()
+    assert db.counts(flaky) == {"succeeded": 4} and {j.attempt for j in db.jobs(flaky)} == {2}
+    status = run_cli("status", poison, "--failed", env=env)
+    assert "this job always fails" in status.stdout
+    # retry on demand: the poison job runs again, and fails again, alone
+    retried = run_cli("retry", poison, "--failed", env=env)
+    assert retried.returncode == 0 and "requeued 1" in retried.stdout, retried.stderr
+    db.wait(poison, workers, until=lambda d: d.finished(poison)
+            and [j.attempt for j in d.jobs(poison) if j.status == "failed"] == [2])
+    assert db.counts(poison) == {"succeeded": 31, "failed": 1}
+    db.close()
+
+
+def test_cancel_mid_run_starts_nothing_afterwards(tmp_path: Path, workers: Workers, pg_url: str,
+                                                  redis_url: str) -> None:
+    storage_url = (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, pg_url, redis_url, storage_url)
+    upgrade(pg_url)
+    batch = submit(env, tmp_path, generate(400))
+    db = Db(pg_url)
+    workers.start(env, "--max-batch", "8")
+    db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 16)
+    result = run_cli("cancel", batch[:10], env=env)
+    assert result.returncode == 0 and "cancelled" in result.stdout, result.stderr
+    from jobs.models import utcnow
+
+    returned = utcnow()
+    db.wait(batch, workers)
+    assert db.finished(batch).status == "cancelled"
+    assert not [e for e in db.events(batch) if e.to_status == "running" and e.at > returned]
+    counts = db.counts(batch)
+    assert counts.get("cancelled", 0) > 0 and set(counts) <= {"succeeded", "cancelled"}
+    outputs = db.outputs(batch)
+    succeeded = {j.id for j in db.jobs(batch) if j.status == "succeeded"}
+    assert {o.job_id for o in outputs} == succeeded
+    store = open_storage(storage_url)
+    keys = set(store.list(store.batch_prefix("acme", batch)))
+    assert keys == {o.key for o in outputs} | {store.batch_prefix("acme", batch) + "manifest.jsonl"}
+    db.close()
+
+
+def test_warm_shutdown_hands_unstarted_jobs_back(tmp_path: Path, workers: Workers, pg_url: str,
+                                                 redis_url: str) -> None:
+    storage_url = (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, pg_url, redis_url, storage_url, GENFARM_LEASE_SECONDS="300",
+                   GENFARM_REPUBLISH_AFTER_SECONDS="300")
+    upgrade(pg_url)
+    batch = submit(env, tmp_path, generate(256))
+    db = Db(pg_url)
+    first = workers.start(env, "--max-batch", "4")
+    db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 8)
+    started = time.monotonic()
+    os.kill(first.pid, signal.SIGTERM)  # warm shutdown of the worker's main process
+    first.wait(timeout=60)
+    assert time.monotonic() - started < 30
+    handed = [e for e in db.events(batch) if e.reason == "worker shutting down"]
+    assert handed, workers.logs()
+    assert db.counts(batch).get("running", 0) == 0  # nothing waits for a lease to expire
+    # leases are long here: only the hand-back (not expiry) lets the next worker finish quickly
+    workers.start(env, "--max-batch", "16")
+    db.wait(batch, workers, timeout=300)
+    assert_exactly_one_output_each(db, batch, open_storage(storage_url))
+    assert {j.attempt for j in db.jobs(batch) if j.id in {e.job_id for e in handed}} == {1}
+    db.close()
+
+
+def test_reconcile_command_reports_json(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri())
+    upgrade(pg_url)
+    submit(env, tmp_path, generate(3))
+    out = run_cli("reconcile", env=env)
+    assert out.returncode == 0 and '"requeued": 0' in out.stdout
