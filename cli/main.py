@@ -271,10 +271,12 @@ def _redact(url: str) -> str:
 
 
 from cli import manage as _manage  # noqa: E402
+from cli import serve as _serve  # noqa: E402
 from cli import worker as _worker  # noqa: E402
 
 _worker.register(cli)
 _manage.register(cli)
+_serve.register(cli)
 
 
 def main() -> None:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
     unit_time_limit: float = Field(
         3600.0, ge=0, description="Seconds a work unit may run (0: no limit); its jobs then retry.")
+    api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest API request body.")
+    api_rate_per_minute: float = Field(600.0, gt=0, description="API requests a minute per token.")
+    api_rate_burst: int = Field(60, ge=1, description="API requests a token may make at once.")
+    flower_user: str = Field("admin", description="Flower basic-auth user.")
+    flower_password: str | None = Field(None, description="Flower basic-auth password (required).")
     model_profile: str = Field("default", description="Generator size profile (tiny, default).")
     checkpoint: str | None = Field(None, description="Safetensors checkpoint for the generator.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")

@@ -1,0 +1,1 @@
+"""The small HTTP API: submit manifests, watch batches, fetch outputs. No torch here."""

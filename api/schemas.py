@@ -1,0 +1,96 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class BatchRequest(BaseModel):
+    """A manifest as JSON: the same job lines the CLI takes, one object each."""
+
+    # items are checked one by one by the manifest validator, so each bad one is named
+    jobs: list[Any] = Field(description="Job lines (objects), e.g. {\"kind\": \"generate\", \"seed\": 7}.")
+    source: str = Field("api", max_length=255, description="A label for the batch.")
+
+
+class LineProblem(BaseModel):
+    line: int = Field(description="1-based position of the job line (or JSONL line).")
+    field: str
+    message: str
+
+
+class ValidationProblem(BaseModel):
+    detail: str
+    errors: list[LineProblem]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class BatchCreated(BaseModel):
+    batch_id: str
+    job_count: int
+    units: int
+    published: bool
+
+
+class BatchView(BaseModel):
+    id: str
+    project: str
+    status: str
+    source: str
+    jobs: int
+    done: int
+    progress: float = Field(description="Finished jobs / all jobs, 0 to 1.")
+    counts: dict[str, int]
+    device_seconds: float
+    created_at: datetime
+    finished_at: datetime | None
+    manifest_key: str | None
+
+
+class BatchPage(BaseModel):
+    items: list[BatchView]
+    total: int
+    limit: int
+    offset: int
+
+
+class OutputView(BaseModel):
+    name: str
+    key: str
+    sha256: str
+    bytes: int
+    content_type: str
+    url: str = Field(description="A presigned S3 URL, or this API's own download URL.")
+
+
+class JobView(BaseModel):
+    id: str
+    batch_id: str
+    index: int
+    kind: str
+    params: dict[str, Any]
+    status: str
+    attempt: int
+    max_attempts: int
+    error: str | None
+    device_seconds: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    outputs: list[OutputView]
+
+
+class ActionResult(BaseModel):
+    batch_id: str
+    changed: int
+
+
+class Health(BaseModel):
+    ok: bool
+    checks: dict[str, str]
