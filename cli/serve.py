@@ -87,7 +87,26 @@ def flower(settings: Settings, address: str, port: int) -> None:
                "--purge_offline_workers=60"])
 
 
+@click.group()
+def storage() -> None:
+    """Object storage."""
+
+
+@storage.command("init")
+@settings_options
+@friendly_errors
+def storage_init(settings: Settings) -> None:
+    """Check the storage is reachable, creating the S3 bucket (or folder) if it is missing."""
+    from storage import open_storage
+
+    store = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
+    created = store.create_bucket() if hasattr(store, "create_bucket") else False
+    store.check()
+    click.echo(f"storage {store.url} is ready" + (" (bucket created)" if created else ""))
+
+
 def register(group: click.Group) -> None:
+    group.add_command(storage)
     group.add_command(api)
     group.add_command(token)
     group.add_command(flower)

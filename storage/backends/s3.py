@@ -85,6 +85,19 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, self.bucket) from exc
 
+    def create_bucket(self) -> bool:
+        """Create the bucket if it does not exist; True if it was created."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError:
+            pass
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+            return True
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, self.bucket) from exc
+
     def head(self, key: str) -> dict[str, Any]:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
