@@ -33,6 +33,7 @@ from jobs.kinds import KINDS
 from jobs.manifest import parse_manifest, validate_records
 from jobs.models import Batch, Job, Output
 from jobs.settings import Settings
+from jobs.sources import resolve_sources
 from jobs.submit import publish_due, submit
 from storage import open_storage
 from storage.errors import ObjectNotFound
@@ -133,8 +134,19 @@ def create_app(settings: Settings) -> FastAPI:
                 detail=f"{len(exc.errors)} error(s); nothing was submitted",
                 errors=[LineProblem(line=e.line, field=e.field, message=e.message)
                         for e in exc.errors[:1000]]).model_dump(), 422)
-        result = await run_in_threadpool(submit, sessions, who.project, specs, publish,
-                                         unit_size=settings.unit_size, source=source)
+        def resolve_and_submit() -> Any:
+            with sessions() as session:
+                resolved = resolve_sources(specs, session, who.project, storage)
+            return submit(sessions, who.project, resolved, publish, unit_size=settings.unit_size,
+                          source=source)
+
+        try:
+            result = await run_in_threadpool(resolve_and_submit)
+        except ManifestError as exc:
+            return JSONResponse(ValidationProblem(
+                detail=f"{len(exc.errors)} error(s); nothing was submitted",
+                errors=[LineProblem(line=e.line, field=e.field, message=e.message)
+                        for e in exc.errors[:1000]]).model_dump(), 422)
         return BatchCreated(batch_id=result.batch_id, job_count=result.job_count,
                             units=result.units, published=result.published)
 

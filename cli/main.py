@@ -112,6 +112,7 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
     specs = parse_manifest(data, format=fmt or format_for(manifest), source=source,
                            default_max_attempts=settings.max_attempts)
     sessions = session_factory(make_engine(settings.resolved_database_url()))
+    specs = resolve(settings, sessions, project, specs)
     app = make_app(settings)
     result = submit_batch(sessions, project, specs, publisher(app), unit_size=settings.unit_size,
                           source=source)
@@ -128,6 +129,18 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
         if as_json:
             click.echo(json.dumps(summary))
         sys.exit(0 if summary["status"] == "succeeded" else 1)
+
+
+def resolve(settings: Settings, sessions: Any, project: str, specs: list[Any]) -> list[Any]:
+    """Check and fill in sources given by job id or storage key (edits, videos)."""
+    from jobs.sources import resolve_sources
+    from storage import open_storage
+
+    if not any(s.kind in ("edit", "video") for s in specs):
+        return specs
+    storage = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
+    with sessions() as session:
+        return resolve_sources(specs, session, project, storage)
 
 
 def wait_for_batch(sessions: Any, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -114,6 +115,28 @@ def demo(settings: Settings, project: str) -> None:
     sys.exit(0 if summary.get("status") == "succeeded" else 1)
 
 
+@click.group()
+def model() -> None:
+    """Models and their checkpoints."""
+
+
+@model.command("export")
+@click.argument("name", type=click.Choice(["aether"]))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", type=click.Choice(["tiny", "default", "large"]), default=None,
+              help="Size profile [default: GENFARM_MODEL_PROFILE].")
+@settings_options
+@friendly_errors
+def model_export(settings: Settings, name: str, file: Path, profile: str | None) -> None:
+    """Write NAME's weights to FILE (safetensors): the configured checkpoint's, or the seeded
+    reference weights. Point GENFARM_CHECKPOINT at the file to load it back."""
+    from workers.models.registry import export_checkpoint
+
+    digest = export_checkpoint(name, profile or settings.model_profile, file, settings)
+    click.echo(f"{file}  sha256:{digest}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(worker)
     group.add_command(demo)
+    group.add_command(model)

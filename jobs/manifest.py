@@ -8,12 +8,15 @@ sweeps a range (stop excluded), and ``count: N`` repeats the job with seeds
 
 from __future__ import annotations
 
+import copy
 import csv
 import difflib
 import io
 import itertools
 import json
 import math
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,8 @@ class JobSpec:
     priority: int
     max_attempts: int
     line: int
+    # references to other jobs of the same manifest: (params path, position in the manifest)
+    refs: tuple[tuple[str, int], ...] = ()
 
 
 def parse_manifest(
@@ -70,14 +75,14 @@ def validate_records(
     """Validate (line, record, strict) triples; strict=False lets CSV text coerce to numbers."""
     errors: list[LineError] = []
     specs: list[JobSpec] = []
-    seen_lines = 0
+    by_line: dict[int, list[tuple[int, JobSpec]]] = {}
     for line, record, strict in records:
-        seen_lines += 1
         if isinstance(record, LineError):
             errors.append(record)
             continue
-        line_specs, line_errors = _expand_line(line, record, strict, default_max_attempts)
+        line_specs, line_errors = _expand_line(line, record, strict, default_max_attempts, by_line)
         errors.extend(line_errors)
+        by_line[line] = [(len(specs) + i, spec) for i, spec in enumerate(line_specs)]
         if not errors:
             specs.extend(line_specs)
         if len(specs) > MAX_JOBS:
@@ -149,8 +154,61 @@ def _csv_cell(cell: str) -> Any:
     return text
 
 
+def _sweepable(annotation: Any) -> bool:
+    """Only plain scalar fields sweep; a list-valued field (seeds, ops) takes its list as is."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return True
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_sweepable(a) for a in args)
+    return annotation in (int, float, str, bool)
+
+
+def _line_refs(line: int, record: dict[str, Any], by_line: dict[int, list[tuple[int, JobSpec]]],
+               errors: list[LineError]) -> list[tuple[str, list[tuple[int, JobSpec]]]]:
+    """The {"line": N} references of a record: (params path, the jobs of line N)."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(record.get("source"), dict):
+        found.append(("source", record["source"]))
+    for i, op in enumerate(record.get("ops") or [] if isinstance(record.get("ops"), list) else []):
+        if isinstance(op, dict) and isinstance(op.get("color_transfer"), dict):
+            found.append((f"ops.{i}.color_transfer", op["color_transfer"]))
+    refs = []
+    for path, ref in found:
+        if "line" not in ref:
+            continue
+        if set(ref) != {"line"}:
+            errors.append(LineError(line, path, "give exactly one of line, job or key"))
+            continue
+        target = ref["line"]
+        jobs = by_line.get(target) if isinstance(target, int) and not isinstance(target, bool) else None
+        if jobs is None:
+            errors.append(LineError(line, path, f"line {target!r} is not an earlier job line of "
+                                                "this manifest"))
+        elif not jobs:
+            errors.append(LineError(line, path, f"line {target} has errors"))
+        elif any(spec.kind != "generate" for _, spec in jobs):
+            errors.append(LineError(line, path, f"line {target} holds {jobs[0][1].kind} jobs; "
+                                                "a source line must hold generate jobs"))
+        elif path != "source" and len(jobs) != 1:
+            errors.append(LineError(line, path, f"line {target} expands to {len(jobs)} jobs; "
+                                                "this reference needs exactly one"))
+        else:
+            refs.append((path, jobs))
+    return refs
+
+
+def _set_path(params: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node: Any = params
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[last] = value
+
+
 def _expand_line(
-    line: int, record: Any, strict: bool, default_max_attempts: int
+    line: int, record: Any, strict: bool, default_max_attempts: int,
+    by_line: dict[int, list[tuple[int, JobSpec]]],
 ) -> tuple[list[JobSpec], list[LineError]]:
     if not isinstance(record, dict):
         return [], [LineError(line, "", f"expected a JSON object, got {_type_name(record)}")]
@@ -160,13 +218,17 @@ def _expand_line(
     if not isinstance(kind_name, str) or kind_name not in KINDS:
         return [], [LineError(line, "kind", f"unknown kind {_short(kind_name)}; expected one of {', '.join(KINDS)}")]
     kind = KINDS[kind_name]
+    schema = kind.schema_for(record)
+    if isinstance(schema, str):
+        field, _, message = schema.partition(": ")
+        return [], [LineError(line, field, message)]
     errors: list[LineError] = []
 
     priority = _int_field(record, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY, line, errors)
     attempts = _int_field(record, "max_attempts", default_max_attempts, 1, MAX_ATTEMPTS, line, errors)
     count = _int_field(record, "count", 1, 1, MAX_JOBS, line, errors)
 
-    fields = kind.params.model_fields
+    fields = schema.model_fields
     template: dict[str, Any] = {}
     for key, value in record.items():
         if key in COMMON_FIELDS:
@@ -184,7 +246,7 @@ def _expand_line(
     axes: list[tuple[str, list[Any]]] = []
     bad_keys: set[str] = set()
     for key, value in list(template.items()):
-        values = _sweep_values(value)
+        values = _sweep_values(value) if _sweepable(fields[key].annotation) else None
         if isinstance(values, str):
             errors.append(LineError(line, key, values))
             bad_keys.add(key)
@@ -197,11 +259,23 @@ def _expand_line(
     if size > MAX_JOBS:
         return [], [LineError(line, "", f"this line expands to {size} jobs; the limit is {MAX_JOBS}")]
 
+    refs = _line_refs(line, template, by_line, errors)
+    source_axis = next((jobs for path, jobs in refs if path == "source"), [(None, None)])
+    nested = [(path, jobs[0]) for path, jobs in refs if path != "source"]
+
     specs: list[JobSpec] = []
     seen: set[tuple[str, str]] = set()
-    for combo in itertools.product(*(values for _, values in axes)):
-        base = dict(template)
+    for combo, (src_pos, src) in itertools.product(
+            itertools.product(*(values for _, values in axes)), source_axis):
+        base = copy.deepcopy(template)
         base.update({key: v for (key, _), v in zip(axes, combo, strict=True)})
+        job_refs: list[tuple[str, int]] = []
+        for path, (pos, spec) in [("source", (src_pos, src))] * (src is not None) + nested:
+            _set_path(base, path, {"line": _get_path(record, path)["line"], "params": spec.params})
+            job_refs.append((path, pos))
+        if src is not None and kind_name == "edit" and base.get("op") != "image":
+            base.setdefault("width", src.params["width"])
+            base.setdefault("height", src.params["height"])
         for offset in range(count):
             params = dict(base)
             if count > 1:
@@ -211,7 +285,7 @@ def _expand_line(
                     return [], _dedupe(errors)
                 params["seed"] = seed + offset
             try:
-                model = kind.params.model_validate(params, strict=strict)
+                model = schema.model_validate(params, strict=strict)
             except ValidationError as exc:
                 for err in exc.errors():
                     field = ".".join(str(p) for p in err["loc"]) or ""
@@ -222,10 +296,16 @@ def _expand_line(
                         seen.add((field, msg))
                         errors.append(LineError(line, field, msg))
                 continue
-            clean = model.model_dump(mode="json")
+            clean = model.model_dump(mode="json", exclude_none=True)
             specs.append(JobSpec(kind_name, clean, kind.batch_key(clean), kind.queue,
-                                 priority, attempts, line))
+                                 priority, attempts, line, tuple(job_refs)))
     return (specs, []) if not errors else ([], _dedupe(errors))
+
+
+def _get_path(params: Any, path: str) -> Any:
+    for part in path.split("."):
+        params = params[int(part)] if part.isdigit() else params[part]
+    return params
 
 
 def _sweep_values(value: Any) -> list[Any] | str | None:
@@ -281,6 +361,8 @@ def _pydantic_message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
     msg = msg[0].lower() + msg[1:] if msg else msg
+    if not err.get("loc") or err["type"] == "value_error":  # about the whole line: no echo
+        return msg
     return f"{msg}, got {_short(err.get('input'))}"
 
 

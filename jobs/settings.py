@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(None, description="Flower basic-auth password (required).")
     model_profile: str = Field("default", description="Generator size profile (tiny, default).")
-    checkpoint: str | None = Field(None, description="Safetensors checkpoint for the generator.")
+    checkpoint: str | None = Field(
+        None, description="Safetensors checkpoint for the generator: a path, file:// or s3:// URL.")
+    checkpoint_sha256: str | None = Field(None, description="Refuse a checkpoint with another sha256.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")
 
     def resolved_database_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -84,11 +85,19 @@ def submit(
     now = utcnow()
     rows: list[dict[str, Any]] = []
     triples: list[tuple[str, str, str]] = []
-    for index, spec in enumerate(specs):
-        job_id = new_id()
+    ids = [new_id() for _ in specs]
+    for index, (job_id, spec) in enumerate(zip(ids, specs, strict=True)):
+        params = spec.params
+        if spec.refs:  # {"line": N} references: name the referenced job by its id
+            params = copy.deepcopy(params)
+            for path, position in spec.refs:
+                node: Any = params
+                for part in path.split("."):
+                    node = node[int(part)] if part.isdigit() else node[part]
+                node["job"] = ids[position]
         rows.append({
             "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
-            "params": spec.params, "batch_key": spec.batch_key, "status": "queued",
+            "params": params, "batch_key": spec.batch_key, "status": "queued",
             "priority": spec.priority, "attempt": 0, "max_attempts": spec.max_attempts,
             "created_at": now, "device_seconds": 0.0,
         })

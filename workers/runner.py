@@ -194,8 +194,7 @@ class Runtime:
             pipe = self.pipeline(chunk[0].kind)
             t0 = time.perf_counter()
             results = pipe.run([j.params for j in chunk],
-                               [{"job_id": j.id, "batch_id": j.batch_id, "attempt": j.attempt}
-                                for j in chunk])
+                               [self._context(owner, j, projects[j.batch_id]) for j in chunk])
             share = (time.perf_counter() - t0) / len(chunk)
         except SoftTimeLimitExceeded:
             raise
@@ -219,6 +218,17 @@ class Runtime:
         futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
                     for art in arts] for j, arts in zip(chunk, results, strict=True)]
         pending.append((chunk, futures, share))
+
+    def _context(self, owner: str, job: ClaimedJob, project: str) -> dict[str, Any]:
+        """What a pipeline may know and use about one job (long jobs store partial work)."""
+        store = self.storage
+        return {
+            "job_id": job.id, "batch_id": job.batch_id, "attempt": job.attempt,
+            "project": project, "storage": store,
+            "key": lambda name: store.job_key(project, job.batch_id, job.id, name),
+            "prefix": store.job_key(project, job.batch_id, job.id, "x")[:-1],
+            "still_held": lambda: bool(self._still_held(owner, [job])),
+        }
 
     def _hand_back(self, owner: str, jobs: list[ClaimedJob], report: UnitReport) -> None:
         """Warm shutdown: jobs not started go back to the queue at once, attempt refunded."""

@@ -9,7 +9,6 @@ come from a safetensors checkpoint or, without one, from a fixed seed
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -89,35 +88,58 @@ class TriplaneSynthesis(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out = ModConv(p.plane_channels * 2, 3 * p.plane_channels, p.w_dim)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        x = self.const.expand(w.shape[0], -1, -1, -1)
-        for block in self.blocks:
+    @property
+    def num_layers(self) -> int:
+        """Style inputs: one per block plus the output layer (coarse first, fine last)."""
+        return len(self.blocks) + 1
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        """``ws``: (B, num_layers, w_dim), one style per layer (all equal without mixing)."""
+        x = self.const.expand(ws.shape[0], -1, -1, -1)
+        for i, block in enumerate(self.blocks):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            x = block(x, w)
-        planes = self.out(x, w)
+            x = block(x, ws[:, i])
+        planes = self.out(x, ws[:, -1])
         # per-sample, per-channel normalization: keeps the planes' structure at unit scale
         planes = (planes - planes.mean(dim=(2, 3), keepdim=True)) * torch.rsqrt(
             planes.var(dim=(2, 3), keepdim=True) + 1e-6)
-        return planes.view(w.shape[0], 3, self.p.plane_channels, self.p.plane_res, self.p.plane_res)
+        return planes.view(ws.shape[0], 3, self.p.plane_channels, self.p.plane_res, self.p.plane_res)
 
 
-def camera_rays(yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, radius: float, fov_deg: float,
-                res: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Camera:
+    """Per-sample cameras orbiting the origin: degrees, and a distance in object units."""
+
+    yaw: torch.Tensor
+    pitch: torch.Tensor
+    radius: torch.Tensor
+    fov: torch.Tensor
+
+    @staticmethod
+    def of(params: list[dict], device: str | torch.device = "cpu") -> Camera:
+        def col(name: str, default: float) -> torch.Tensor:
+            return torch.tensor([float(p.get(name, default)) for p in params], device=device)
+
+        return Camera(col("yaw", 0.0), col("pitch", 0.0), col("radius", 2.7), col("fov", 36.0))
+
+
+def camera_rays(cam: Camera, res: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ray origins and unit directions (B, res*res, 3) for cameras orbiting the origin."""
-    yaw = torch.deg2rad(yaw_deg)
-    pitch = torch.deg2rad(pitch_deg)
+    yaw = torch.deg2rad(cam.yaw)
+    pitch = torch.deg2rad(cam.pitch)
+    radius = cam.radius
     origin = torch.stack([radius * torch.cos(pitch) * torch.sin(yaw), radius * torch.sin(pitch),
                           radius * torch.cos(pitch) * torch.cos(yaw)], dim=-1)  # (B, 3)
     forward = -origin / origin.norm(dim=-1, keepdim=True)
-    up = torch.tensor([0.0, 1.0, 0.0]).expand_as(forward)
+    up = torch.tensor([0.0, 1.0, 0.0], device=forward.device).expand_as(forward)
     right = torch.linalg.cross(forward, up)
     right = right / right.norm(dim=-1, keepdim=True)
     true_up = torch.linalg.cross(right, forward)
-    half = math.tan(math.radians(fov_deg) / 2)
-    lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
-    v, u = torch.meshgrid(-lin * half, lin * half, indexing="ij")
-    dirs = (forward[:, None, None, :] + u[None, :, :, None] * right[:, None, None, :]
-            + v[None, :, :, None] * true_up[:, None, None, :])
+    half = torch.tan(torch.deg2rad(cam.fov) / 2)[:, None, None, None]  # (B, 1, 1, 1)
+    lin = (torch.arange(res, dtype=torch.float32, device=radius.device) + 0.5) / res * 2 - 1
+    v, u = torch.meshgrid(-lin, lin, indexing="ij")
+    dirs = (forward[:, None, None, :] + half * u[None, :, :, None] * right[:, None, None, :]
+            + half * v[None, :, :, None] * true_up[:, None, None, :])
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     return origin[:, None, :].expand(-1, res * res, -1), dirs.reshape(-1, res * res, 3)
 
@@ -135,7 +157,8 @@ class TriplaneGenerator(nn.Module):
                                      nn.Linear(p.hidden, 1 + p.feat))
         self.superres = nn.ModuleList([nn.Conv2d(p.feat, p.feat, 3, padding=1),
                                        nn.Conv2d(p.feat, 3, 3, padding=1)])
-        self.radius, self.fov, self.near, self.far = 2.7, 36.0, 1.9, 3.5
+        self.depth = 0.8  # rays sample the object's slab [radius - depth, radius + depth]
+        self.register_buffer("directions", torch.zeros(8, p.w_dim))  # principal directions of w
 
     def latents(self, seeds: list[int]) -> torch.Tensor:
         """One z per seed, each from its own generator: batching never changes a job's latent."""
@@ -143,18 +166,36 @@ class TriplaneGenerator(nn.Module):
                             for s in seeds])
 
     @torch.no_grad()
-    def estimate_w_avg(self, samples: int = 2048) -> None:
+    def estimate_w_stats(self, samples: int = 2048) -> None:
+        """The mean w (for truncation) and the principal directions of w space (for latent
+        edits), from a fixed set of samples: deterministic per model."""
         z = torch.randn(samples, self.p.z_dim, generator=torch.Generator().manual_seed(0))
         self.mapping.w_avg.zero_()
-        self.mapping.w_avg.copy_(self.mapping(z, torch.ones(samples)).mean(dim=0))
+        w = self.mapping(z, torch.ones(samples))
+        self.mapping.w_avg.copy_(w.mean(dim=0))
+        centered = (w - w.mean(dim=0)).double()
+        _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+        k = self.directions.shape[0]
+        dirs = vh[:k].float()
+        # fix each direction's sign, so that the same model always gives the same directions
+        signs = torch.sign(dirs[torch.arange(k), dirs.abs().argmax(dim=1)])
+        self.directions.copy_(dirs * signs[:, None])
 
-    def render(self, w: torch.Tensor, yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
-        """Volume-render the triplanes of ``w`` from the given cameras: (B, feat, R, R)."""
-        p, b = self.p, w.shape[0]
-        planes = self.synthesis(w)  # (B, 3, C, P, P)
-        origins, dirs = camera_rays(yaw, pitch, self.radius, self.fov, p.render_res)
-        t = torch.linspace(self.near, self.far, p.samples)
-        pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[None, None, :, None]  # (B,N,S,3)
+    def w_of(self, seeds: list[int], truncation: torch.Tensor) -> torch.Tensor:
+        return self.mapping(self.latents(seeds).to(truncation.device), truncation)
+
+    def broadcast(self, w: torch.Tensor) -> torch.Tensor:
+        """One w per layer: (B, w_dim) -> (B, num_layers, w_dim)."""
+        return w[:, None, :].expand(-1, self.synthesis.num_layers, -1)
+
+    def render(self, ws: torch.Tensor, cam: Camera) -> torch.Tensor:
+        """Volume-render the triplanes of ``ws`` from the given cameras: (B, feat, R, R)."""
+        p, b = self.p, ws.shape[0]
+        planes = self.synthesis(ws)  # (B, 3, C, P, P)
+        origins, dirs = camera_rays(cam, p.render_res)
+        steps = torch.linspace(-self.depth, self.depth, p.samples, device=ws.device)
+        t = cam.radius[:, None] + steps[None, :]  # (B, S)
+        pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[:, None, :, None]  # (B,N,S,3)
         n = pts.shape[1] * pts.shape[2]
         flat = pts.reshape(b, 1, n, 3)
         feats = 0
@@ -168,7 +209,7 @@ class TriplaneGenerator(nn.Module):
         radius = pts.norm(dim=-1)  # (B, N, S)
         sigma = F.softplus(4.0 * torch.tanh(out[..., 0]) + 14.0 * (0.55 - radius))
         color = torch.sigmoid(3.0 * out[..., 1:]) * 2 - 1
-        delta = (self.far - self.near) / p.samples
+        delta = 2 * self.depth / p.samples
         alpha = 1 - torch.exp(-sigma * delta * 4.0)
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]
                                          + 1e-10], dim=-1), dim=-1)
@@ -177,10 +218,9 @@ class TriplaneGenerator(nn.Module):
         image = (weights[..., None] * color).sum(dim=2) + background
         return image.permute(0, 2, 1).reshape(b, p.feat, p.render_res, p.render_res)
 
-    def forward(self, z: torch.Tensor, truncation: torch.Tensor, yaw: torch.Tensor,
-                pitch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        w = self.mapping(z, truncation)
-        feat = self.render(w, yaw, pitch)
+    def synthesize(self, ws: torch.Tensor, cam: Camera, size: tuple[int, int]) -> torch.Tensor:
+        """Images in [-1, 1], (B, 3, H, W), from per-layer styles and cameras."""
+        feat = self.render(ws, cam)
         x = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
         x = F.leaky_relu(self.superres[0](x), 0.2) * 0.1 + x
         return torch.tanh(0.2 * self.superres[1](x) + 1.2 * x[:, :3])
@@ -191,7 +231,7 @@ def reference_generator(profile: str = "default") -> TriplaneGenerator:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(REFERENCE_SEED)
         model = TriplaneGenerator(profile)
-    model.estimate_w_avg()
+    model.estimate_w_stats()
     return model.eval()
 
 

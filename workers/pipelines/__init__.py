@@ -12,7 +12,15 @@ def make_pipeline(kind: str, settings: Settings) -> Pipeline:
     if kind == "generate":
         from workers.pipelines.generate import GeneratePipeline
 
-        return GeneratePipeline(settings.model_profile, settings.checkpoint)
+        return GeneratePipeline(settings)
+    if kind == "edit":
+        from workers.pipelines.edit import EditPipeline
+
+        return EditPipeline(settings)
+    if kind == "video":
+        from workers.pipelines.video import VideoPipeline
+
+        return VideoPipeline(settings)
     if kind == "noop":
         from workers.pipelines.noop import NoopPipeline
 

@@ -2,67 +2,77 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import numpy as np
 import torch
 
-from jobs import __version__
+from jobs.settings import Settings
 from storage.provenance import encode_png, s3_metadata
-from workers.models.aether import TriplaneGenerator, reference_generator, weights_sha256
+from workers.models.aether import Camera
+from workers.models.registry import LoadedModel, load_model, to_uint8
 from workers.pipelines.base import Artifact, Pipeline
 
 
-def load_generator(profile: str, checkpoint: str | None) -> tuple[TriplaneGenerator, bool]:
-    """The generator and whether its weights are trained (from a checkpoint)."""
-    model = reference_generator(profile)
-    if not checkpoint:
-        return model, False
-    from safetensors.torch import load_file
+class ModelPipeline(Pipeline):
+    """A pipeline around the registry's generator (one copy per process)."""
 
-    model.load_state_dict(load_file(checkpoint))
-    return model.eval(), True
-
-
-class GeneratePipeline(Pipeline):
-    kind = "generate"
-
-    def __init__(self, profile: str = "default", checkpoint: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self.profile = profile
-        self.checkpoint = checkpoint
+        self.settings = settings
 
     def _setup(self, device: str) -> None:
-        self.model, self.trained = load_generator(self.profile, self.checkpoint)
-        self.model.to(device)
-        self.weights = weights_sha256(self.model)
+        self.loaded: LoadedModel = load_model("aether", self.settings, device)
+        self.model = self.loaded.module
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            "model": "aether", "profile": self.profile, "weights_sha256": self.weights,
-            "weights": "checkpoint" if self.trained else "reference (untrained)",
-            "genfarm": __version__,
-        }
+        return self.loaded.provenance()
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", enabled=self.device.startswith("cuda"))
+
+    def images(self, sources: list[dict[str, Any]], ws: torch.Tensor | None = None,
+               cameras: list[dict[str, Any]] | None = None,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) images of generate params ``sources`` (their seed, truncation,
+        camera, size), optionally with other per-layer styles, cameras or size."""
+        dev = self.device
+        if ws is None:
+            ws = self.model.broadcast(self.w(sources))
+        cam = Camera.of(cameras or sources, dev)
+        h, w = size or (sources[0]["height"], sources[0]["width"])
+        with self.autocast():
+            return to_uint8(self.model.synthesize(ws, cam, (h, w)))
+
+    def w(self, sources: list[dict[str, Any]]) -> torch.Tensor:
+        trunc = torch.tensor([float(p.get("truncation", 0.7)) for p in sources], device=self.device)
+        return self.model.w_of([int(p["seed"]) for p in sources], trunc)
+
+    def png(self, pixels: torch.Tensor, prov: dict[str, Any], name: str = "image.png") -> Artifact:
+        raw = pixels.numpy().tobytes()
+        h, w = pixels.shape[0], pixels.shape[1]
+        return Artifact(name, "image/png", lambda: encode_png(raw, w, h, prov),
+                        metadata=s3_metadata(prov))
+
+
+class GeneratePipeline(ModelPipeline):
+    kind = "generate"
 
     @torch.no_grad()
     def _run(self, jobs: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[list[Artifact]]:
-        width, height = jobs[0]["width"], jobs[0]["height"]  # one batch key: one shape
-        dev = self.device
-        z = self.model.latents([p["seed"] for p in jobs]).to(dev)
-        trunc = torch.tensor([p["truncation"] for p in jobs], device=dev)
-        yaw = torch.tensor([p["yaw"] for p in jobs], device=dev)
-        pitch = torch.tensor([p["pitch"] for p in jobs], device=dev)
-        with torch.autocast("cuda", enabled=dev.startswith("cuda")):
-            images = self.model(z, trunc, yaw, pitch, (height, width))
-        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu()
+        w = self.w(jobs)
+        pixels = self.images(jobs, ws=self.model.broadcast(w))
         base = self.provenance()
         results = []
         for i, params in enumerate(jobs):
             prov = {**base, "kind": "generate", "params": params, "seed": params["seed"],
                     "job_id": context[i]["job_id"], "batch_id": context[i]["batch_id"]}
-            raw = pixels[i].numpy().tobytes()
-            results.append([Artifact(
-                "image.png", "image/png",
-                lambda raw=raw, prov=prov: encode_png(raw, width, height, prov),
-                metadata=s3_metadata(prov))])
+            arts = [self.png(pixels[i], prov)]
+            if params.get("save_latent"):
+                buf = io.BytesIO()
+                np.save(buf, w[i].float().cpu().numpy())
+                latent = buf.getvalue()
+                arts.append(Artifact("latent.npy", "application/x-npy", lambda b=latent: b))
+            results.append(arts)
         return results
