@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     checkpoint: str | None = Field(
         None, description="Safetensors checkpoint for the generator: a path, file:// or s3:// URL.")
     checkpoint_sha256: str | None = Field(None, description="Refuse a checkpoint with another sha256.")
+    exact_cpu: bool = Field(
+        True, description="On the CPU, compute in float64 so that a job's bytes never depend "
+        "on the batch it ran in (BLAS kernels vary with batch size); about 4x the compute.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")
 
     def resolved_database_url(self) -> str:

@@ -1,21 +1,37 @@
+"""The generator and its pipelines on the CPU: determinism across batch sizes, checkpoints,
+the 3D re-render, the pipeline contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
 from jobs.errors import PipelineError
 from jobs.settings import Settings
 from storage.provenance import read_png_provenance
-from workers.models.aether import reference_generator, weights_sha256
+from workers.models.aether import Camera, reference_generator, weights_sha256
+from workers.models.registry import export_checkpoint, load_model
 from workers.pipelines import make_pipeline
 from workers.pipelines.base import Pipeline
 
 
-def params(seed: int, **kw: object) -> dict:
-    return {"seed": seed, "width": 32, "height": 32, "truncation": 0.7, "yaw": 0.0, "pitch": 0.0,
-            "model": "aether", **kw}
+def params(seed: int, size: int = 64, **kw: Any) -> dict[str, Any]:
+    return {"seed": seed, "width": size, "height": size, "truncation": 0.7, "yaw": 0.0,
+            "pitch": 0.0, "radius": 2.7, "fov": 36.0, "save_latent": False, "model": "aether", **kw}
 
 
-def ctx(i: int) -> dict:
-    return {"job_id": f"j{i}", "batch_id": "b"}
+def ctx(i: int) -> dict[str, Any]:
+    return {"job_id": f"j{i}", "batch_id": "b", "attempt": 1}
+
+
+def pipeline(kind: str, profile: str = "tiny", **settings: Any) -> Pipeline:
+    pipe = make_pipeline(kind, Settings(model_profile=profile, **settings))
+    pipe.setup("cpu")
+    return pipe
 
 
 def test_reference_weights_are_deterministic() -> None:
@@ -23,31 +39,123 @@ def test_reference_weights_are_deterministic() -> None:
     assert weights_sha256(reference_generator("tiny")) != weights_sha256(reference_generator("default"))
 
 
-def test_generator_is_deterministic_per_seed_and_sensitive_to_seed_and_camera() -> None:
-    model = reference_generator("tiny")
-    z = model.latents([1, 1, 2, 1])
-    with torch.no_grad():
-        x = model(z, torch.full((4,), 0.7), torch.tensor([0.0, 0.0, 0.0, 60.0]),
-                  torch.zeros(4), (32, 32))
-    assert x.shape == (4, 3, 32, 32) and x.abs().max() <= 1
-    assert torch.equal(x[0], x[1])
-    assert (x[0] - x[2]).abs().mean() > 1e-3  # another seed, another object
-    assert (x[0] - x[3]).abs().mean() > 1e-3  # another camera, another view
-
-
-def test_generate_pipeline_png_outputs_with_provenance() -> None:
-    pipe = make_pipeline("generate", Settings(model_profile="tiny"))
+@pytest.mark.parametrize("profile", ["tiny", "default"])
+def test_same_seed_same_bytes_at_batch_1_and_16(profile: str) -> None:
+    pipe = make_pipeline("generate", Settings(model_profile=profile))
     pipe.setup("cpu")
-    results = pipe.run([params(5), params(6)], [ctx(0), ctx(1)])
-    assert [len(r) for r in results] == [1, 1]
-    png = results[0][0].encode()
-    prov = read_png_provenance(png)
+    jobs = [params(seed, 128, yaw=float(seed * 7 % 90)) for seed in range(100, 116)]
+    together = [r[0].encode() for r in pipe.run(jobs, [ctx(i) for i in range(16)])]
+    for i in (0, 5, 15):
+        alone = pipe.run([jobs[i]], [ctx(i)])[0][0].encode()
+        assert alone == together[i]
+    assert len(set(together)) == 16
+
+
+def test_png_outputs_carry_provenance_and_latents() -> None:
+    pipe = pipeline("generate")
+    results = pipe.run([params(5, save_latent=True), params(6)], [ctx(0), ctx(1)])
+    assert [len(r) for r in results] == [2, 1]
+    prov = read_png_provenance(results[0][0].encode())
     assert prov["seed"] == 5 and prov["params"]["seed"] == 5 and prov["job_id"] == "j0"
     assert prov["weights_sha256"] == pipe.provenance()["weights_sha256"]
     assert prov["weights"] == "reference (untrained)"
-    # same job, same bytes, when run again in a different batch
-    again = pipe.run([params(9), params(5)], [ctx(1), ctx(0)])
-    assert again[1][0].encode() == png
+    import io
+
+    latent = np.load(io.BytesIO(results[0][1].encode()))
+    assert latent.shape == (32,) and results[0][1].name == "latent.npy"
+
+
+def test_export_and_reload_give_the_same_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "aether-tiny.safetensors"
+    digest = export_checkpoint("aether", "tiny", path, Settings(data_dir=tmp_path))
+    reference = pipeline("generate")
+    loaded = pipeline("generate", checkpoint=str(path), checkpoint_sha256=digest)
+    job = [params(42)]
+    assert reference.run(job, [ctx(0)])[0][0].encode() != b""
+    a = read_png_provenance(reference.run(job, [ctx(0)])[0][0].encode())
+    b = read_png_provenance(loaded.run(job, [ctx(0)])[0][0].encode())
+    assert a["weights_sha256"] == b["weights_sha256"] and b["weights"].startswith("checkpoint")
+    pixels = lambda pipe: pipe.images(job).numpy().tobytes()  # noqa: E731
+    assert pixels(reference) == pixels(loaded)
+    with pytest.raises(PipelineError, match="sha256"):
+        pipeline("generate", checkpoint=str(path), checkpoint_sha256="0" * 64)
+
+
+def test_rerender_changes_the_view_and_keeps_the_object() -> None:
+    gen, edit = pipeline("generate", "default"), pipeline("edit", "default")
+    background = np.array([236, 236, 236])
+
+    def foreground_hist(img: np.ndarray) -> np.ndarray:
+        px = img[np.abs(img - background).sum(-1) > 30]
+        h, _ = np.histogramdd(px, bins=(4, 4, 4), range=[(0, 256)] * 3)
+        return h / max(1, h.sum())
+
+    view, other = [], []
+    for seed in range(1, 6):
+        front = gen.images([params(seed, 128)])[0].numpy().astype(float)
+        turned = edit.images([params(seed, 128)], cameras=[params(seed, 128, yaw=40.0)])[0]
+        turned = turned.numpy().astype(float)
+        rerendered = edit.run([{"op": "rerender", "source": {"params": params(seed, 128)},
+                                "yaw": 40.0, "pitch": 0.0, "radius": 2.7, "fov": 36.0,
+                                "width": 128, "height": 128, "model": "aether"}], [ctx(0)])
+        assert rerendered[0][0].encode()[:4] == b"\x89PNG"
+        stranger = gen.images([params(seed + 100, 128)])[0].numpy().astype(float)
+        assert np.abs(front - turned).mean() > 0.3  # the view changed
+        view.append((np.abs(front - turned).mean(),
+                     np.abs(foreground_hist(front) - foreground_hist(turned)).sum()))
+        other.append((np.abs(front - stranger).mean(),
+                      np.abs(foreground_hist(front) - foreground_hist(stranger)).sum()))
+    _, view_hist = np.mean(view, axis=0)
+    _, other_hist = np.mean(other, axis=0)
+    # the turned object keeps its colours; another seed is another object, other colours
+    assert view_hist < 0.5 * other_hist, (view_hist, other_hist)
+
+
+def test_latent_edits_and_style_mixing_change_the_image() -> None:
+    gen, edit = pipeline("generate"), pipeline("edit")
+    src = params(9)
+    base = gen.images([src])[0]
+    common = {"source": {"params": src}, "width": 64, "height": 64, "model": "aether"}
+    for job in ({"op": "latent", "direction": 0, "strength": 6.0, **common},
+                {"op": "style_mix", "mix_seed": 1234, "layers": "coarse", **common},
+                {"op": "style_mix", "mix_seed": 1234, "layers": "fine", **common}):
+        out = edit._latent_ops(job["op"], [job])[0]  # noqa: SLF001
+        assert out.shape == base.shape and not torch.equal(out, base), job["op"]
+    zero = {"op": "latent", "direction": 0, "strength": 0.0, **common}
+    assert torch.equal(edit._latent_ops("latent", [zero])[0], base)  # noqa: SLF001
+    model = load_model("aether", Settings(model_profile="tiny"), "cpu").module
+    d = model.directions.float()
+    assert torch.allclose(d @ d.T, torch.eye(d.shape[0]), atol=1e-4)  # orthonormal directions
+    assert torch.equal(d, reference_generator("tiny").directions)  # deterministic per model
+
+
+def test_image_ops_run_batched_and_keep_sizes() -> None:
+    edit = pipeline("edit")
+    src = {"params": params(3)}
+    jobs = [{"op": "image", "source": src, "ops": ops, "model": "aether"} for ops in (
+        [{"brightness": 0.2}, {"contrast": 1.5}],
+        [{"brightness": -0.2}, {"contrast": 0.5}],
+        [{"resize": [32, 48]}, {"flip": "horizontal"}],
+        [{"crop": [8, 8, 40, 24]}, {"color_transfer": {"params": params(50)}}],
+    )]
+    out = edit._image_ops(jobs, [ctx(i) for i in range(4)])  # noqa: SLF001
+    assert [tuple(o.shape) for o in out] == [(64, 64, 3), (64, 64, 3), (48, 32, 3), (24, 40, 3)]
+    assert out[0].float().mean() > out[1].float().mean()
+    bad = [{"op": "image", "source": src, "ops": [{"crop": [60, 60, 40, 40]}], "model": "aether"}]
+    with pytest.raises(PipelineError, match="outside"):
+        edit._image_ops(bad, [ctx(0)])  # noqa: SLF001
+
+
+def test_cameras_take_radius_and_fov_per_sample() -> None:
+    model = reference_generator("tiny")
+    ws = model.broadcast(model.w_of([1, 1], torch.full((2,), 0.7)))
+    cams = Camera.of([{"radius": 2.7, "fov": 36}, {"radius": 4.0, "fov": 36}])
+    with torch.no_grad():
+        near, far = model.synthesize(ws, cams, (32, 32))
+    background = 0.85
+    def coverage(x: torch.Tensor) -> float:
+        return float(((x - background).abs().sum(0) > 0.2).float().mean())
+    assert coverage(far) < coverage(near)  # further away, smaller on screen
 
 
 def test_pipeline_contract_is_checked() -> None:

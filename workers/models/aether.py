@@ -116,9 +116,11 @@ class Camera:
     fov: torch.Tensor
 
     @staticmethod
-    def of(params: list[dict], device: str | torch.device = "cpu") -> Camera:
+    def of(params: list[dict], device: str | torch.device = "cpu",
+           dtype: torch.dtype = torch.float32) -> Camera:
         def col(name: str, default: float) -> torch.Tensor:
-            return torch.tensor([float(p.get(name, default)) for p in params], device=device)
+            return torch.tensor([float(p.get(name, default)) for p in params], device=device,
+                                dtype=dtype)
 
         return Camera(col("yaw", 0.0), col("pitch", 0.0), col("radius", 2.7), col("fov", 36.0))
 
@@ -131,12 +133,12 @@ def camera_rays(cam: Camera, res: int) -> tuple[torch.Tensor, torch.Tensor]:
     origin = torch.stack([radius * torch.cos(pitch) * torch.sin(yaw), radius * torch.sin(pitch),
                           radius * torch.cos(pitch) * torch.cos(yaw)], dim=-1)  # (B, 3)
     forward = -origin / origin.norm(dim=-1, keepdim=True)
-    up = torch.tensor([0.0, 1.0, 0.0], device=forward.device).expand_as(forward)
+    up = torch.tensor([0.0, 1.0, 0.0], device=forward.device, dtype=forward.dtype).expand_as(forward)
     right = torch.linalg.cross(forward, up)
     right = right / right.norm(dim=-1, keepdim=True)
     true_up = torch.linalg.cross(right, forward)
     half = torch.tan(torch.deg2rad(cam.fov) / 2)[:, None, None, None]  # (B, 1, 1, 1)
-    lin = (torch.arange(res, dtype=torch.float32, device=radius.device) + 0.5) / res * 2 - 1
+    lin = (torch.arange(res, dtype=radius.dtype, device=radius.device) + 0.5) / res * 2 - 1
     v, u = torch.meshgrid(-lin, lin, indexing="ij")
     dirs = (forward[:, None, None, :] + half * u[None, :, :, None] * right[:, None, None, :]
             + half * v[None, :, :, None] * true_up[:, None, None, :])
@@ -182,7 +184,8 @@ class TriplaneGenerator(nn.Module):
         self.directions.copy_(dirs * signs[:, None])
 
     def w_of(self, seeds: list[int], truncation: torch.Tensor) -> torch.Tensor:
-        return self.mapping(self.latents(seeds).to(truncation.device), truncation)
+        z = self.latents(seeds).to(truncation.device, truncation.dtype)
+        return self.mapping(z, truncation)
 
     def broadcast(self, w: torch.Tensor) -> torch.Tensor:
         """One w per layer: (B, w_dim) -> (B, num_layers, w_dim)."""
@@ -193,7 +196,7 @@ class TriplaneGenerator(nn.Module):
         p, b = self.p, ws.shape[0]
         planes = self.synthesis(ws)  # (B, 3, C, P, P)
         origins, dirs = camera_rays(cam, p.render_res)
-        steps = torch.linspace(-self.depth, self.depth, p.samples, device=ws.device)
+        steps = torch.linspace(-self.depth, self.depth, p.samples, device=ws.device, dtype=ws.dtype)
         t = cam.radius[:, None] + steps[None, :]  # (B, S)
         pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[:, None, :, None]  # (B,N,S,3)
         n = pts.shape[1] * pts.shape[2]

@@ -23,6 +23,7 @@ ARCHITECTURES = {"aether": reference_generator}
 class LoadedModel:
     name: str
     module: TriplaneGenerator
+    dtype: torch.dtype
     profile: str
     weights_sha256: str
     checkpoint: str | None  # where the weights came from, None for reference weights
@@ -35,7 +36,7 @@ class LoadedModel:
                 else "reference (untrained)", "genfarm": __version__}
 
 
-_cache: dict[tuple[str, str, str | None, str], LoadedModel] = {}
+_cache: dict[tuple[Any, ...], LoadedModel] = {}
 _lock = threading.Lock()
 
 
@@ -55,8 +56,13 @@ def fetch_checkpoint(url: str, settings: Settings) -> Path:
     return target
 
 
+def compute_dtype(settings: Settings, device: str) -> torch.dtype:
+    return torch.float64 if device == "cpu" and settings.exact_cpu else torch.float32
+
+
 def load_model(name: str, settings: Settings, device: str) -> LoadedModel:
-    key = (name, settings.model_profile, settings.checkpoint, device)
+    key = (name, settings.model_profile, settings.checkpoint, settings.checkpoint_sha256, device,
+           settings.exact_cpu)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -78,8 +84,10 @@ def load_model(name: str, settings: Settings, device: str) -> LoadedModel:
                 raise PipelineError(f"checkpoint {settings.checkpoint} does not fit {name} "
                                     f"({settings.model_profile}): {str(exc)[:300]}") from exc
             source = f"{Path(str(settings.checkpoint)).name} sha256:{digest}"
-        module = module.to(device).eval()
-        loaded = LoadedModel(name, module, settings.model_profile, weights_sha256(module), source)
+        digest = weights_sha256(module)  # of the float32 weights, whatever we compute in
+        dtype = compute_dtype(settings, device)
+        module = module.to(device=device, dtype=dtype).eval()
+        loaded = LoadedModel(name, module, dtype, settings.model_profile, digest, source)
         _cache[key] = loaded
         return loaded
 
@@ -91,7 +99,7 @@ def export_checkpoint(name: str, profile: str, path: Path, settings: Settings | 
 
     cfg = (settings or Settings()).model_copy(update={"model_profile": profile})
     module = load_model(name, cfg, "cpu").module
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().float().contiguous() for k, v in module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"model": name, "profile": profile})
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -41,7 +41,8 @@ class EditPipeline(ModelPipeline):
         cameras = sources
         if op == "latent":
             dirs = self.model.directions[torch.tensor([j["direction"] for j in jobs])]
-            strength = torch.tensor([float(j["strength"]) for j in jobs], device=w.device)
+            strength = torch.tensor([float(j["strength"]) for j in jobs], device=w.device,
+                                    dtype=w.dtype)
             ws = self.model.broadcast(w + strength[:, None] * dirs)
         elif op == "style_mix":
             mix = self.w([{"seed": j["mix_seed"], "truncation": s.get("truncation", 0.7)}
@@ -72,11 +73,11 @@ class EditPipeline(ModelPipeline):
                           if v is not None and name in SHAPE_OPS)
             groups.setdefault((tuple(image.shape), shape), []).append(i)
         for members in groups.values():
-            x = torch.stack([images[i] for i in members]).to(self.device)
+            x = torch.stack([images[i] for i in members]).to(self.device, self.dtype)
             for step in range(len(jobs[members[0]]["ops"])):
                 ops = [jobs[i]["ops"][step] for i in members]
                 x = self._apply(x, ops, [context[i] for i in members])
-            pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            pixels = (x.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             for k, i in enumerate(members):
                 out[i] = pixels[k].contiguous()
         return [p for p in out if p is not None]
@@ -85,7 +86,7 @@ class EditPipeline(ModelPipeline):
         name = next(k for k, v in ops[0].items() if v is not None)
         vals = [op[name] for op in ops]
         def per() -> torch.Tensor:
-            return torch.tensor([float(v) for v in vals], device=x.device)
+            return torch.tensor([float(v) for v in vals], device=x.device, dtype=x.dtype)
         if name == "resize":
             w, h = vals[0]
             return kornia.geometry.transform.resize(x, (h, w), antialias=True)
@@ -115,7 +116,8 @@ class EditPipeline(ModelPipeline):
         if name == "sharpen":
             return kornia.enhance.sharpness(x, per())
         if name == "color_transfer":
-            refs = torch.stack([self._load(v, c) for v, c in zip(vals, ctx, strict=True)]).to(x.device)
+            refs = torch.stack([self._load(v, c) for v, c in zip(vals, ctx, strict=True)])
+            refs = refs.to(x.device, x.dtype)
             return color_transfer(x, refs)
         raise PipelineError(f"unknown image op {name!r}")
 

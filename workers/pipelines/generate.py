@@ -25,6 +25,7 @@ class ModelPipeline(Pipeline):
     def _setup(self, device: str) -> None:
         self.loaded: LoadedModel = load_model("aether", self.settings, device)
         self.model = self.loaded.module
+        self.dtype = self.loaded.dtype
 
     def provenance(self) -> dict[str, Any]:
         return self.loaded.provenance()
@@ -40,13 +41,14 @@ class ModelPipeline(Pipeline):
         dev = self.device
         if ws is None:
             ws = self.model.broadcast(self.w(sources))
-        cam = Camera.of(cameras or sources, dev)
+        cam = Camera.of(cameras or sources, dev, self.dtype)
         h, w = size or (sources[0]["height"], sources[0]["width"])
         with self.autocast():
             return to_uint8(self.model.synthesize(ws, cam, (h, w)))
 
     def w(self, sources: list[dict[str, Any]]) -> torch.Tensor:
-        trunc = torch.tensor([float(p.get("truncation", 0.7)) for p in sources], device=self.device)
+        trunc = torch.tensor([float(p.get("truncation", 0.7)) for p in sources],
+                             device=self.device, dtype=self.dtype)
         return self.model.w_of([int(p["seed"]) for p in sources], trunc)
 
     def png(self, pixels: torch.Tensor, prov: dict[str, Any], name: str = "image.png") -> Artifact:

@@ -89,7 +89,7 @@ class VideoPipeline(ModelPipeline):
             else:
                 seeds, index = [seed], np.zeros(frames, dtype=int)
                 yaw = job["yaw"] + BEAT_TURN_DEG * cuts
-        trunc_t = torch.full((len(seeds),), float(trunc), device=self.device)
+        trunc_t = torch.full((len(seeds),), float(trunc), device=self.device, dtype=self.dtype)
         w = self.model.w_of([int(s) for s in seeds], trunc_t)
         return {"w": w, "index": index, "yaw": yaw, "frames": frames}
 
