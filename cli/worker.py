@@ -17,6 +17,8 @@ from jobs.settings import Settings
 DEMO_MANIFEST = b"""\
 {"kind": "generate", "seed": {"range": [0, 4]}, "yaw": [-30, 0, 30], "width": 128, "height": 128}
 {"kind": "generate", "seed": 42, "count": 4, "truncation": 0.5, "pitch": 15, "width": 128, "height": 128}
+{"kind": "edit", "op": "rerender", "source": {"line": 2}, "yaw": 60, "pitch": 15}
+{"kind": "video", "mode": "orbit", "seed": 7, "frames": 48, "fps": 24, "pitch": 10}
 """
 
 
@@ -79,7 +81,8 @@ def demo(settings: Settings, project: str) -> None:
     app = make_app(settings)
     result = submit_batch(sessions, project, specs, publisher(app), unit_size=settings.unit_size,
                           source="demo.jsonl")
-    click.echo(f"submitted batch {result.batch_id}: {result.job_count} generate jobs")
+    click.echo(f"submitted batch {result.batch_id}: {result.job_count} jobs "
+               "(generate, camera re-render edits, an orbit video)")
 
     worker = app.Worker(queues=QUEUES, pool="solo", concurrency=1, loglevel="WARNING",
                         without_mingle=True, without_gossip=True, without_heartbeat=True,

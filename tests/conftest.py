@@ -242,8 +242,8 @@ class Workers:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
 
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:]
+    def logs(self, tail: int | None = 4000) -> str:
+        return "\n".join(p.read_text(errors="replace")[-tail if tail else 0:]
                          for p in sorted(self.log_dir.glob("worker-*.log")))
 
     def close(self) -> None:

@@ -117,6 +117,7 @@ def test_200_jobs_on_the_embedded_default(tmp_path: Path, workers: Workers) -> N
 def test_demo_on_a_fresh_folder(tmp_path: Path) -> None:
     result = run_cli("demo", cwd=tmp_path, env={"GENFARM_MODEL_PROFILE": "tiny"})
     assert result.returncode == 0, result.stdout + result.stderr
-    images = list((tmp_path / "genfarm-data" / "outputs" / "demo").glob("*/*/image.png"))
-    assert len(images) == 16
-    assert "batch succeeded" in result.stdout and "succeeded 16" in result.stdout
+    outputs = tmp_path / "genfarm-data" / "outputs" / "demo"
+    assert len(list(outputs.glob("*/*/image.png"))) == 20  # 16 generated, 4 re-rendered
+    assert len(list(outputs.glob("*/*/video.mp4"))) == 1
+    assert "batch succeeded" in result.stdout and "succeeded 21" in result.stdout
