@@ -130,10 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
             else:
                 raise HTTPException(415, f"unsupported content type {ctype!r}")
         except ManifestError as exc:
-            return JSONResponse(ValidationProblem(
-                detail=f"{len(exc.errors)} error(s); nothing was submitted",
-                errors=[LineProblem(line=e.line, field=e.field, message=e.message)
-                        for e in exc.errors[:1000]]).model_dump(), 422)
+            return invalid(exc)
         def resolve_and_submit() -> Any:
             with sessions() as session:
                 resolved = resolve_sources(specs, session, who.project, storage)
@@ -143,10 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             result = await run_in_threadpool(resolve_and_submit)
         except ManifestError as exc:
-            return JSONResponse(ValidationProblem(
-                detail=f"{len(exc.errors)} error(s); nothing was submitted",
-                errors=[LineProblem(line=e.line, field=e.field, message=e.message)
-                        for e in exc.errors[:1000]]).model_dump(), 422)
+            return invalid(exc)
         return BatchCreated(batch_id=result.batch_id, job_count=result.job_count,
                             units=result.units, published=result.published)
 
@@ -253,6 +247,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.state.engine = engine
     return app
+
+
+def invalid(exc: ManifestError) -> JSONResponse:
+    """422 naming every bad item (the first thousand): line, field, what was expected."""
+    return JSONResponse(ValidationProblem(
+        detail=f"{len(exc.errors)} error(s); nothing was submitted",
+        errors=[LineProblem(line=e.line, field=e.field, message=e.message)
+                for e in exc.errors[:1000]]).model_dump(), 422)
 
 
 def _ping_db(sessions: Any) -> None:

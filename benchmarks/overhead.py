@@ -20,11 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,25 +32,10 @@ from jobs.manifest import parse_manifest  # noqa: E402
 from jobs.models import Batch, Job, Project, utcnow  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
 from jobs.submit import new_id, submit  # noqa: E402
+from tests.conftest import create_pg_database, drop_pg_database  # noqa: E402
 from workers.app import make_app, publisher  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def fresh_pg(admin: str) -> str:
-    name = f"genfarm_bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'create database "{name}"'))
-    engine.dispose()
-    return make_url(admin).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg(admin: str, url: str) -> None:
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'drop database if exists "{make_url(url).database}" with (force)'))
-    engine.dispose()
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -144,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="genfarm-bench-"))
-    url = fresh_pg(args.pg)
+    url = create_pg_database(args.pg)
     procs: list[subprocess.Popen[bytes]] = []
     env = {"GENFARM_DATABASE_URL": url, "GENFARM_BROKER_URL": args.redis,
            "GENFARM_DATA_DIR": str(tmp / "data"), "GENFARM_UNIT_SIZE": str(args.unit_size),
@@ -204,7 +187,7 @@ def main() -> None:
     finally:
         for proc in procs:
             stop(proc)
-        drop_pg(args.pg, url)
+        drop_pg_database(args.pg, url)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

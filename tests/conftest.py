@@ -52,7 +52,7 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
-def _create_pg_database(admin_url: str) -> str:
+def create_pg_database(admin_url: str) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -64,7 +64,7 @@ def _create_pg_database(admin_url: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def _drop_pg_database(admin_url: str, url: str) -> None:
+def drop_pg_database(admin_url: str, url: str) -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -77,9 +77,9 @@ def _drop_pg_database(admin_url: str, url: str) -> None:
 @pytest.fixture
 def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
-    url = _create_pg_database(pg_server)
+    url = create_pg_database(pg_server)
     yield url
-    _drop_pg_database(pg_server, url)
+    drop_pg_database(pg_server, url)
 
 
 @pytest.fixture
@@ -98,10 +98,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     else:
         server = request.getfixturevalue("pg_server")
-        url = _create_pg_database(server)
+        url = create_pg_database(server)
         upgrade(url)
         yield url
-        _drop_pg_database(server, url)
+        drop_pg_database(server, url)
 
 
 class PrivatePostgres:
