@@ -156,9 +156,9 @@ def wait_for_batch(sessions: Any, batch_id: str, poll_s: float = 0.5) -> dict[st
             with sessions() as session:
                 batch = resolve_batch(session, batch_id)
                 summary = summarize(session, batch)
-            bar.update(summary.done - bar.n)
             bar.set_postfix({k: v for k, v in summary.as_dict()["counts"].items() if v},
                             refresh=False)
+            bar.update(summary.done - bar.n)
             if batch.finished_at is not None:
                 break
             time.sleep(poll_s)

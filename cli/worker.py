@@ -6,10 +6,12 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
+from celery.exceptions import SecurityWarning
 
 from cli.options import friendly_errors, settings_options
 from jobs.settings import Settings
@@ -84,6 +86,8 @@ def demo(settings: Settings, project: str) -> None:
     click.echo(f"submitted batch {result.batch_id}: {result.job_count} jobs "
                "(generate, camera re-render edits, an orbit video)")
 
+    # the demo runs where it is started; Celery's warning about running as root is noise here
+    warnings.filterwarnings("ignore", category=SecurityWarning)
     worker = app.Worker(queues=QUEUES, pool="solo", concurrency=1, loglevel="WARNING",
                         without_mingle=True, without_gossip=True, without_heartbeat=True,
                         hostname=f"genfarm-demo-{os.getpid()}@localhost", quiet=True,

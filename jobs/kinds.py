@@ -28,7 +28,7 @@ class CameraParams(Params):
     yaw: float = Field(0.0, ge=-180.0, le=180.0, description="Camera yaw in degrees.")
     pitch: float = Field(0.0, ge=-89.0, le=89.0, description="Camera pitch in degrees.")
     radius: float = Field(2.7, ge=1.5, le=6.0, description="Camera distance from the object.")
-    fov: float = Field(36.0, ge=5.0, le=90.0, description="Vertical field of view in degrees.")
+    fov: float = Field(30.0, ge=5.0, le=90.0, description="Vertical field of view in degrees.")
 
 
 class GenerateParams(CameraParams):

@@ -152,9 +152,9 @@ def test_cameras_take_radius_and_fov_per_sample() -> None:
     cams = Camera.of([{"radius": 2.7, "fov": 36}, {"radius": 4.0, "fov": 36}])
     with torch.no_grad():
         near, far = model.synthesize(ws, cams, (32, 32))
-    background = 0.85
     def coverage(x: torch.Tensor) -> float:
-        return float(((x - background).abs().sum(0) > 0.2).float().mean())
+        background = x[:, :2, :2].mean(dim=(1, 2))[:, None, None]  # a corner is backdrop
+        return float(((x - background).abs().sum(0) > 0.15).float().mean())
     assert coverage(far) < coverage(near)  # further away, smaller on screen
 
 

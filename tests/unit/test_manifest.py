@@ -13,7 +13,7 @@ def jsonl(*records: object) -> str:
 def test_defaults_are_filled_and_batch_key_names_the_shape() -> None:
     [spec] = parse_manifest(jsonl({"kind": "generate", "seed": 7}))
     assert spec.params == {"seed": 7, "width": 128, "height": 128, "truncation": 0.7,
-                           "yaw": 0.0, "pitch": 0.0, "radius": 2.7, "fov": 36.0,
+                           "yaw": 0.0, "pitch": 0.0, "radius": 2.7, "fov": 30.0,
                            "save_latent": False, "model": "aether"}
     assert spec.batch_key == "generate:aether:128x128"
     assert (spec.priority, spec.max_attempts, spec.line) == (0, 3, 1)

@@ -122,7 +122,7 @@ class Camera:
             return torch.tensor([float(p.get(name, default)) for p in params], device=device,
                                 dtype=dtype)
 
-        return Camera(col("yaw", 0.0), col("pitch", 0.0), col("radius", 2.7), col("fov", 36.0))
+        return Camera(col("yaw", 0.0), col("pitch", 0.0), col("radius", 2.7), col("fov", 30.0))
 
 
 def camera_rays(cam: Camera, res: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +157,8 @@ class TriplaneGenerator(nn.Module):
         self.synthesis = TriplaneSynthesis(p)
         self.decoder = nn.Sequential(nn.Linear(p.plane_channels, p.hidden), nn.Softplus(),
                                      nn.Linear(p.hidden, 1 + p.feat))
+        self.tint = nn.Linear(p.w_dim, p.feat)  # the object's palette, from the fine style
+        nn.init.normal_(self.tint.weight, std=6.0 / p.w_dim**0.5)
         self.superres = nn.ModuleList([nn.Conv2d(p.feat, p.feat, 3, padding=1),
                                        nn.Conv2d(p.feat, 3, 3, padding=1)])
         self.depth = 0.8  # rays sample the object's slab [radius - depth, radius + depth]
@@ -211,7 +213,8 @@ class TriplaneGenerator(nn.Module):
         # a soft sphere prior keeps an object near the origin that w then shapes and paints
         radius = pts.norm(dim=-1)  # (B, N, S)
         sigma = F.softplus(4.0 * torch.tanh(out[..., 0]) + 14.0 * (0.55 - radius))
-        color = torch.sigmoid(3.0 * out[..., 1:]) * 2 - 1
+        tint = self.tint(3.0 * (ws[:, -1] - self.mapping.w_avg))[:, None, None, :]  # (B,1,1,feat)
+        color = torch.sigmoid(3.0 * out[..., 1:] + tint) * 2 - 1
         delta = 2 * self.depth / p.samples
         alpha = 1 - torch.exp(-sigma * delta * 4.0)
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]
