@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/services.sh
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(STAMP)

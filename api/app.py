@@ -39,7 +39,8 @@ from storage import open_storage
 from storage.errors import ObjectNotFound
 from workers.app import QUEUES, make_app, publisher
 
-NOT_FOUND = {404: {"model": Problem}, 401: {"model": Problem}, 429: {"model": Problem}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem}, 401: {"model": Problem}, 429: {"model": Problem}}
 
 
 class BodyLimit:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +16,8 @@ LATENCY_BUCKETS = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600]
 BATCH_BUCKETS = [1, 10, 100, 1000, 10_000, 100_000]
 
 
-def _histogram(name: str, doc: str, values: list[float], buckets: list[float]) -> HistogramMetricFamily:
+def _histogram(name: str, doc: str, values: Sequence[float],
+               buckets: Sequence[float]) -> HistogramMetricFamily:
     cumulative, total = [], 0.0
     for bound in buckets:
         cumulative.append((str(bound), float(sum(1 for v in values if v <= bound))))

@@ -28,7 +28,7 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, data_dir: Path | None, database_url: str | None,
                 broker_url: str | None, storage_url: str | None, **kwargs: Any) -> Any:
-        overrides = {k: v for k, v in {"data_dir": data_dir, "database_url": database_url,
+        overrides: dict[str, Any] = {k: v for k, v in {"data_dir": data_dir, "database_url": database_url,
                                         "broker_url": broker_url,
                                         "storage_url": storage_url}.items() if v is not None}
         try:

@@ -67,6 +67,11 @@ def _events(rows: Iterable[tuple[str, int]], from_status: JobStatus | None, to_s
     ]
 
 
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (a DML statement's result is a CursorResult)."""
+    return int(result.rowcount or 0)
+
+
 def insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
     """Bulk INSERT in this transaction: COPY on PostgreSQL, executemany on SQLite.
 
@@ -83,7 +88,9 @@ def insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> Non
     columns = list(rows[0])
     as_json = {c for c in columns if isinstance(table.c[c].type, JSON)}
     names = ", ".join(f'"{c}"' for c in columns)
-    cursor = conn.connection.driver_connection.cursor()  # the transaction's own connection
+    driver = conn.connection.driver_connection  # the transaction's own psycopg connection
+    assert driver is not None
+    cursor = driver.cursor()
     with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
         for row in rows:
             copy.write_row([json.dumps(row[c]) if c in as_json else row[c] for c in columns])
@@ -105,7 +112,7 @@ def _move(session: Session, stmt: Any, from_status: JobStatus | None, to_status:
     stmt = stmt.returning(Job.id, Job.attempt, *columns).execution_options(
         synchronize_session=False)
     if session.get_bind().dialect.name != "postgresql":
-        rows = session.execute(stmt).all()
+        rows = list(session.execute(stmt).all())
         _log(session, _events(((r[0], r[1]) for r in rows), from_status, to_status, reason,
                               worker, now))
         return rows
@@ -116,7 +123,7 @@ def _move(session: Session, stmt: Any, from_status: JobStatus | None, to_status:
                literal(to_status.value, String()), moved.c.attempt,
                literal(reason[:255], String()), literal(worker, String())),
     ).cte("logged")
-    return session.execute(select(moved).add_cte(logged)).all()
+    return list(session.execute(select(moved).add_cte(logged)).all())
 
 
 _CLAIM_COLUMNS = (Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.max_attempts)
@@ -169,7 +176,7 @@ def heartbeat(session: Session, owner: str, lease_seconds: float, now: datetime 
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result)
 
 
 def record(session: Session, owner: str, results: Sequence[JobResult],
@@ -228,12 +235,12 @@ def _fail(session: Session, owner: str, results: Sequence[JobResult],
             values = dict(status=JobStatus.FAILED, lease_owner=None, lease_expires_at=None,
                           error=error, finished_at=now)
             to = JobStatus.FAILED
-        done = session.execute(
+        done = rowcount(session.execute(
             update(Job).where(Job.id == job_id, Job.lease_owner == owner,
                               Job.status == JobStatus.RUNNING)
             .values(device_seconds=Job.device_seconds + r.device_seconds, **values)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if done:
             (requeued if to == JobStatus.QUEUED else failed).add(job_id)
             events.extend(_events([(job_id, attempt)], JobStatus.RUNNING, to, error, owner, now))

@@ -260,22 +260,24 @@ def _expand_line(
         return [], [LineError(line, "", f"this line expands to {size} jobs; the limit is {MAX_JOBS}")]
 
     refs = _line_refs(line, template, by_line, errors)
-    source_axis = next((jobs for path, jobs in refs if path == "source"), [(None, None)])
+    # the jobs of a {"line": N} source: the edit runs once per job of that line
+    source_axis: list[tuple[int, JobSpec] | None] = list(
+        next((jobs for path, jobs in refs if path == "source"), [None]))
     nested = [(path, jobs[0]) for path, jobs in refs if path != "source"]
 
     specs: list[JobSpec] = []
     seen: set[tuple[str, str]] = set()
-    for combo, (src_pos, src) in itertools.product(
+    for combo, source in itertools.product(
             itertools.product(*(values for _, values in axes)), source_axis):
         base = copy.deepcopy(template)
         base.update({key: v for (key, _), v in zip(axes, combo, strict=True)})
         job_refs: list[tuple[str, int]] = []
-        for path, (pos, spec) in [("source", (src_pos, src))] * (src is not None) + nested:
+        for path, (pos, spec) in ([("source", source)] if source else []) + nested:
             _set_path(base, path, {"line": _get_path(record, path)["line"], "params": spec.params})
             job_refs.append((path, pos))
-        if src is not None and kind_name == "edit" and base.get("op") != "image":
-            base.setdefault("width", src.params["width"])
-            base.setdefault("height", src.params["height"])
+        if source and kind_name == "edit" and base.get("op") != "image":
+            base.setdefault("width", source[1].params["width"])
+            base.setdefault("height", source[1].params["height"])
         for offset in range(count):
             params = dict(base)
             if count > 1:

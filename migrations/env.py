@@ -11,7 +11,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def run(connection) -> None:  # type: ignore[no-untyped-def]
+def run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -32,7 +32,7 @@ else:
     if conn is not None:
         run(conn)
     else:
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
         with engine.begin() as conn:
             run(conn)
         engine.dispose()

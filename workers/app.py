@@ -56,11 +56,11 @@ def make_app(settings: Settings) -> Celery:
     if settings.unit_time_limit:
         app.conf.task_soft_time_limit = settings.unit_time_limit
         app.conf.task_time_limit = settings.unit_time_limit + 60
-    app.genfarm_settings = settings  # type: ignore[attr-defined]
+    app.genfarm_settings = settings
     # Made here, in the worker's main process, and inherited by its forked pool processes:
     # set on warm shutdown, so runners hand unstarted jobs back at their next boundary.
     draining = multiprocessing.get_context("fork").Event()
-    app.genfarm_draining = draining  # type: ignore[attr-defined]
+    app.genfarm_draining = draining
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     runtime_holder: dict[str, Any] = {}
 
@@ -79,7 +79,7 @@ def make_app(settings: Settings) -> Celery:
 
     worker_shutting_down.connect(on_shutdown, weak=False)
 
-    app.genfarm_runtime = runtime  # type: ignore[attr-defined]
+    app.genfarm_runtime = runtime
 
     @app.task(name=RUN_UNIT, acks_late=True)
     def run_unit(job_ids: list[str], batch_key: str = "") -> dict[str, Any]:
@@ -112,8 +112,8 @@ class ReconcilerStep(bootsteps.StartStopStep):
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        self.tref = None
-        self.reconciler = None
+        self.tref: Any = None
+        self.reconciler: Any = None
 
     def start(self, worker: Any) -> None:
         from workers.reconciler import Reconciler

@@ -44,6 +44,8 @@ PROFILES = {
 class Mapping(nn.Module):
     """z -> w, with the mean w kept for truncation."""
 
+    w_avg: torch.Tensor
+
     def __init__(self, z_dim: int, w_dim: int, layers: int = 4) -> None:
         super().__init__()
         dims = [z_dim] + [w_dim] * layers
@@ -149,6 +151,8 @@ def camera_rays(cam: Camera, res: int) -> tuple[torch.Tensor, torch.Tensor]:
 class TriplaneGenerator(nn.Module):
     """The whole generator: seed latents and cameras in, RGB images in [-1, 1] out."""
 
+    directions: torch.Tensor
+
     def __init__(self, profile: str = "default") -> None:
         super().__init__()
         self.profile_name = profile
@@ -203,7 +207,7 @@ class TriplaneGenerator(nn.Module):
         pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[:, None, :, None]  # (B,N,S,3)
         n = pts.shape[1] * pts.shape[2]
         flat = pts.reshape(b, 1, n, 3)
-        feats = 0
+        feats = torch.zeros(())
         for i, (a, c) in enumerate(((0, 1), (0, 2), (1, 2))):
             grid = torch.stack([flat[..., a], flat[..., c]], dim=-1)  # (B, 1, n, 2)
             feats = feats + F.grid_sample(planes[:, i], grid, mode="bilinear",

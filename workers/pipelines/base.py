@@ -19,6 +19,11 @@ class Artifact:
     metadata: dict[str, str] | None = None
 
 
+def constant(data: bytes) -> Callable[[], bytes]:
+    """An ``encode`` for bytes that are ready already."""
+    return lambda: data
+
+
 class Pipeline:
     """Runs one kind of job. Subclasses write ``_setup`` and ``_run``."""
 

@@ -12,7 +12,7 @@ from jobs.settings import Settings
 from storage.provenance import encode_png, s3_metadata
 from workers.models.aether import Camera
 from workers.models.registry import LoadedModel, load_model, to_uint8
-from workers.pipelines.base import Artifact, Pipeline
+from workers.pipelines.base import Artifact, Pipeline, constant
 
 
 class ModelPipeline(Pipeline):
@@ -74,7 +74,6 @@ class GeneratePipeline(ModelPipeline):
             if params.get("save_latent"):
                 buf = io.BytesIO()
                 np.save(buf, w[i].float().cpu().numpy())
-                latent = buf.getvalue()
-                arts.append(Artifact("latent.npy", "application/x-npy", lambda b=latent: b))
+                arts.append(Artifact("latent.npy", "application/x-npy", constant(buf.getvalue())))
             results.append(arts)
         return results

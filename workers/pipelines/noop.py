@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from workers.pipelines.base import Artifact, Pipeline
+from workers.pipelines.base import Artifact, Pipeline, constant
 
 
 class NoopPipeline(Pipeline):
@@ -26,5 +26,5 @@ class NoopPipeline(Pipeline):
             seed = hashlib.sha256(f"{ctx['job_id']}:{params['tag']}".encode()).digest()
             size = params["payload_bytes"]
             body = (seed * (size // len(seed) + 1))[:size]
-            results.append([Artifact("payload.bin", "application/octet-stream", lambda b=body: b)])
+            results.append([Artifact("payload.bin", "application/octet-stream", constant(body))])
         return results

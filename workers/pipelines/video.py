@@ -129,13 +129,13 @@ def interpolate(ws: torch.Tensor, t: float) -> torch.Tensor:
 def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     """Mono float samples and their rate, from any audio file FFmpeg reads."""
     try:
-        with av.open(io.BytesIO(data)) as container:
-            stream = next(s for s in container.streams if s.type == "audio")
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.audio[0]
             rate = stream.rate or 44100
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             chunks = [r.to_ndarray().reshape(-1) for f in container.decode(stream)
                       for r in resampler.resample(f)]
-    except (av.error.FFmpegError, StopIteration) as exc:
+    except (av.error.FFmpegError, IndexError) as exc:
         raise PipelineError(f"the audio file cannot be decoded: {exc}") from exc
     if not chunks:
         raise PipelineError("the audio file holds no samples")
@@ -166,8 +166,8 @@ def encode_mp4(frames: np.ndarray, fps: int, audio: bytes | None, prov: dict[str
         video.options = {"crf": "20", "preset": "veryfast"}
         sound = None
         if audio is not None:
-            source = av.open(io.BytesIO(audio))
-            src = next(s for s in source.streams if s.type == "audio")
+            source = av.open(io.BytesIO(audio), mode="r")
+            src = source.streams.audio[0]
             sound = out.add_stream("aac", rate=44100)
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44100)
         for frame in frames:
