@@ -212,3 +212,37 @@ def test_reconcile_command_reports_json(tmp_path: Path, pg_url: str, redis_url: 
     submit(env, tmp_path, generate(3))
     out = run_cli("reconcile", env=env)
     assert out.returncode == 0 and '"requeued": 0' in out.stdout
+
+
+def test_worker_processes_recycle_after_a_task_count(tmp_path: Path, workers: Workers, pg_url: str,
+                                                     redis_url: str) -> None:
+    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri(), GENFARM_UNIT_SIZE="16")
+    upgrade(pg_url)
+    batch = submit(env, tmp_path, {"kind": "noop", "tag": {"range": [0, 64]}})
+    db = Db(pg_url)
+    workers.start(env, "--max-tasks-per-child", "1")
+    db.wait(batch, workers)
+    assert db.counts(batch) == {"succeeded": 64}
+    # lease owners are host:worker:process:claim; each unit ran in a fresh pool process
+    processes = {e.worker.split(":")[2] for e in db.events(batch) if e.to_status == "running"}
+    assert len(processes) == 4
+    db.close()
+
+
+def test_a_unit_past_its_time_limit_hands_its_jobs_to_retries(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
+    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri(),
+                   GENFARM_UNIT_TIME_LIMIT="2", GENFARM_MODEL_PROFILE="default")
+    upgrade(pg_url)
+    # one unit of 64 large images takes far longer than 2 seconds on a CPU
+    batch = submit(env, tmp_path, {"kind": "generate", "seed": {"range": [0, 64]}, "width": 512,
+                                   "height": 512, "max_attempts": 1})
+    db = Db(pg_url)
+    workers.start(env, "--max-batch", "4")
+    db.wait(batch, workers, timeout=300)
+    jobs = db.jobs(batch)
+    timed_out = [j for j in jobs if j.status == "failed"]
+    assert timed_out and {j.error for j in timed_out} == {"unit time limit exceeded"}
+    assert {j.status for j in jobs} <= {"succeeded", "failed"}  # none lost, none left running
+    assert len(db.outputs(batch)) == sum(j.status == "succeeded" for j in jobs)
+    db.close()

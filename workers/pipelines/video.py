@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from jobs.errors import PipelineError
+from storage.provenance import s3_metadata
 from workers.pipelines.base import Artifact
 from workers.pipelines.generate import ModelPipeline
 
@@ -67,7 +68,7 @@ class VideoPipeline(ModelPipeline):
                 store.delete(key)
             return data
 
-        return [Artifact("video.mp4", "video/mp4", encode, metadata=None)]
+        return [Artifact("video.mp4", "video/mp4", encode, metadata=s3_metadata(prov))]
 
     def _plan(self, job: dict[str, Any], frames: int, beats: list[float]) -> dict[str, Any]:
         """Per frame: which latent (index into ws) and which camera yaw."""
