@@ -97,8 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     def batch_view(session: Any, batch: Batch) -> BatchView:
         s = summarize(session, batch).as_dict()
         return BatchView(id=s["id"], project=s["project"], status=s["status"], source=s["source"],
-                         jobs=s["jobs"], done=s["done"],
-                         progress=round(s["done"] / s["jobs"], 4) if s["jobs"] else 1.0,
+                         jobs=s["jobs"], done=s["done"], progress=s["progress"],
                          counts=s["counts"], device_seconds=s["device_seconds"],
                          created_at=batch.created_at, finished_at=batch.finished_at,
                          manifest_key=batch.manifest_key)
@@ -202,7 +201,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JobView(id=job.id, batch_id=job.batch_id, index=job.index, kind=job.kind,
                        params=job.params, status=job.status, attempt=job.attempt,
                        max_attempts=job.max_attempts, error=job.error,
-                       device_seconds=job.device_seconds, created_at=job.created_at,
+                       device_seconds=job.device_seconds, progress=job.progress,
+                       created_at=job.created_at,
                        started_at=job.started_at, finished_at=job.finished_at, outputs=views)
 
     @app.get("/v1/jobs/{job_id}/outputs/{name}", name="download_output", response_class=Response,

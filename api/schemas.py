@@ -45,7 +45,7 @@ class BatchView(BaseModel):
     source: str
     jobs: int
     done: int
-    progress: float = Field(description="Finished jobs / all jobs, 0 to 1.")
+    progress: float = Field(description="Finished jobs plus running ones' reported share, over all jobs (0 to 1).")
     counts: dict[str, int]
     device_seconds: float
     created_at: datetime
@@ -80,6 +80,7 @@ class JobView(BaseModel):
     max_attempts: int
     error: str | None
     device_seconds: float
+    progress: float = Field(description="Share finished, 0 to 1 (long jobs report as they go).")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

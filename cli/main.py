@@ -205,8 +205,8 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})")
-    click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done, "
-               f"{summary['device_seconds']:.1f} device-seconds")
+    click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done "
+               f"({summary['progress']:.0%}), {summary['device_seconds']:.1f} device-seconds")
     click.echo("jobs      " + "  ".join(f"{k} {v}" for k, v in summary["counts"].items()))
     if summary["manifest_key"]:
         click.echo(f"manifest  {summary['manifest_key']}")

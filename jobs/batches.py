@@ -32,10 +32,16 @@ class BatchSummary:
     created_at: datetime
     finished_at: datetime | None
     manifest_key: str | None
+    running_progress: float = 0.0  # summed progress of the running jobs
 
     @property
     def done(self) -> int:
         return sum(self.counts.get(s, 0) for s in TERMINAL)
+
+    @property
+    def progress(self) -> float:
+        """Finished jobs plus the running ones' reported share, over all jobs."""
+        return min(1.0, (self.done + self.running_progress) / self.job_count) if self.job_count else 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +49,7 @@ class BatchSummary:
             "jobs": self.job_count, "done": self.done,
             "counts": {s.value: self.counts.get(s.value, 0) for s in JobStatus},
             "device_seconds": round(self.device_seconds, 3),
+            "progress": round(self.progress, 4),
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "manifest_key": self.manifest_key,
@@ -69,9 +76,12 @@ def resolve_batch(session: Session, id_or_prefix: str, project: str | None = Non
 def summarize(session: Session, batch: Batch) -> BatchSummary:
     seconds = session.scalar(
         select(func.coalesce(func.sum(Job.device_seconds), 0.0)).where(Job.batch_id == batch.id))
+    running = session.scalar(select(func.coalesce(func.sum(Job.progress), 0.0)).where(
+        Job.batch_id == batch.id, Job.status == JobStatus.RUNNING))
     return BatchSummary(batch.id, batch.project, batch.status, batch.source, batch.job_count,
                         count_by_status(session, batch.id), float(seconds or 0.0),
-                        batch.created_at, batch.finished_at, batch.manifest_key)
+                        batch.created_at, batch.finished_at, batch.manifest_key,
+                        float(running or 0.0))
 
 
 def list_batches(session: Session, project: str | None = None, limit: int = 20) -> list[Batch]:

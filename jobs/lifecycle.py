@@ -167,6 +167,15 @@ def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds
     return claim(session, ids, owner, lease_seconds, now)
 
 
+def set_progress(session: Session, owner: str, job_id: str, progress: float) -> bool:
+    """Record how far a long job got; only its lease holder may. False if it no longer holds it."""
+    return rowcount(session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner,
+                          Job.status == JobStatus.RUNNING)
+        .values(progress=max(0.0, min(1.0, progress)))
+        .execution_options(synchronize_session=False))) == 1
+
+
 def heartbeat(session: Session, owner: str, lease_seconds: float, now: datetime | None = None) -> int:
     """Extend the lease of every running job held by ``owner``; returns how many it still holds."""
     now = now or utcnow()
@@ -199,7 +208,8 @@ def record(session: Session, owner: str, results: Sequence[JobResult],
             rows = _move(session, update(Job).where(
                 Job.id.in_(ids), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
                 .values(status=JobStatus.SUCCEEDED, finished_at=now, lease_owner=None,
-                        lease_expires_at=None, device_seconds=Job.device_seconds + share),
+                        lease_expires_at=None, device_seconds=Job.device_seconds + share,
+                        progress=1.0),
                 JobStatus.RUNNING, JobStatus.SUCCEEDED, "succeeded", owner, now)
             succeeded.update({r[0]: r[1] for r in rows})
         rows_out = [

@@ -103,6 +103,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # share of a long job (a video) finished so far, 0 to 1; 1 once it succeeded
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Output(Base):

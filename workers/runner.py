@@ -228,7 +228,12 @@ class Runtime:
             "key": lambda name: store.job_key(project, job.batch_id, job.id, name),
             "prefix": store.job_key(project, job.batch_id, job.id, "x")[:-1],
             "still_held": lambda: bool(self._still_held(owner, [job])),
+            "progress": lambda done: self._progress(owner, job.id, done),
         }
+
+    def _progress(self, owner: str, job_id: str, done: float) -> bool:
+        with self.sessions.begin() as session:
+            return lifecycle.set_progress(session, owner, job_id, done)
 
     def _hand_back(self, owner: str, jobs: list[ClaimedJob], report: UnitReport) -> None:
         """Warm shutdown: jobs not started go back to the queue at once, attempt refunded."""

@@ -102,6 +102,20 @@ def test_expired_leases_go_back_to_the_queue(sessions) -> None:  # type: ignore[
         assert lifecycle.heartbeat(s, "lost-worker", 60) == 0
 
 
+def test_progress_is_recorded_by_the_lease_holder_only(sessions) -> None:  # type: ignore[no-untyped-def]
+    [job_id] = make_batch(sessions, 1)
+    with sessions.begin() as s:
+        lifecycle.claim(s, [job_id], "w1", 60)
+        assert lifecycle.set_progress(s, "w1", job_id, 0.4)
+        assert not lifecycle.set_progress(s, "intruder", job_id, 0.9)
+    with sessions() as s:
+        assert s.get(Job, job_id).progress == 0.4
+    with sessions.begin() as s:
+        lifecycle.record(s, "w1", [JobResult(job_id)])
+    with sessions() as s:
+        assert s.get(Job, job_id).progress == 1.0
+
+
 def test_release_refunds_the_attempt(sessions) -> None:  # type: ignore[no-untyped-def]
     ids = make_batch(sessions, 2)
     with sessions.begin() as s:

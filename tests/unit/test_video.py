@@ -20,11 +20,13 @@ JOB = {"mode": "orbit", "seed": 3, "truncation": 0.7, "frames": 20, "fps": 10, "
        "fov": 36.0, "chunk_frames": 8, "model": "aether"}
 
 
-def context(store: Any, held: list[bool]) -> dict[str, Any]:
+def context(store: Any, held: list[bool], progress: list[float] | None = None) -> dict[str, Any]:
+    reported = progress if progress is not None else []
     return {"job_id": "j1", "batch_id": "b1", "attempt": 1, "storage": store,
             "key": lambda name: store.job_key("p", "b1", "j1", name),
             "prefix": store.job_key("p", "b1", "j1", "x")[:-1],
-            "still_held": lambda: held.pop(0) if held else True}
+            "still_held": lambda: held.pop(0) if held else True,
+            "progress": lambda done: reported.append(round(done, 3)) is None}
 
 
 def test_a_restarted_video_resumes_from_its_last_chunk(tmp_path: Path) -> None:
@@ -32,12 +34,16 @@ def test_a_restarted_video_resumes_from_its_last_chunk(tmp_path: Path) -> None:
     pipe = make_pipeline("video", Settings(model_profile="tiny"))
     pipe.setup("cpu")
     # first attempt: renders chunk 0, then finds itself cancelled at the next boundary
-    assert pipe.run([JOB], [context(store, [True, False])]) == [[]]
+    progress: list[float] = []
+    assert pipe.run([JOB], [context(store, [True, False], progress)]) == [[]]
+    assert progress == [0.38]  # 8 of 20 frames, before encoding
     chunk0 = tmp_path / "out" / "p" / "b1" / "j1" / "chunk-00000.npy"
     assert chunk0.exists() and not (chunk0.parent / "chunk-00001.npy").exists()
     stamp = chunk0.stat().st_mtime_ns
     # second attempt: chunk 0 is read back, chunks 1 and 2 rendered
-    [[art]] = pipe.run([JOB], [context(store, [])])
+    progress = []
+    [[art]] = pipe.run([JOB], [context(store, [], progress)])
+    assert progress == [0.76, 0.95]  # the stored chunk is not reported again
     assert chunk0.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in chunk0.parent.iterdir()) == [
         "chunk-00000.npy", "chunk-00001.npy", "chunk-00002.npy"]

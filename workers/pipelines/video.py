@@ -57,6 +57,8 @@ class VideoPipeline(ModelPipeline):
             np.save(buf, rendered)
             store.put(key, buf.getvalue(), "application/x-npy")
             parts.append(rendered)
+            if "progress" in ctx:
+                ctx["progress"](min(frames, start + chunk) / frames * 0.95)  # encoding: the rest
         video = np.concatenate(parts)
         chunk_keys = [key_of(f"chunk-{i:05d}.npy") for i in range(math.ceil(frames / chunk))]
         prov = {**self.provenance(), "kind": "video", "params": job, "job_id": ctx["job_id"],
