@@ -17,7 +17,6 @@ class LocalStorage(Storage):
         self.url = self.root.as_uri()
         self.prefix = ""
         self._root = str(self.root) + os.sep
-        self._made: set[str] = set()  # folders known to exist: one mkdir per folder, not per put
 
     def path_of(self, key: str) -> Path:
         # normpath, not resolve(): no syscalls per put; keys are checked, not symlink-chased
@@ -29,9 +28,12 @@ class LocalStorage(Storage):
     def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         path = self.path_of(key)
         folder = os.path.dirname(path)
-        if folder not in self._made:
+        try:  # one syscall in the usual case: a job's folder is new, its batch folder exists
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            self._made.add(folder)
         # write then rename: readers never see half an object, a crash leaves no partial file
         tmp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
         try:
