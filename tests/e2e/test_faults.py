@@ -29,6 +29,20 @@ def generate(n: int, size: int = 64) -> dict[str, object]:
     return {"kind": "generate", "seed": {"range": [0, n]}, "width": size, "height": size}
 
 
+def start_farm(tmp_path: Path, workers: Workers, db_url: str, broker_url: str,
+               line: dict[str, object], worker_args: tuple[str, ...] = ("--max-batch", "8"),
+               storage_url: str | None = None,
+               **extra: str) -> tuple[dict[str, str], str, Db, str]:
+    """Migrate, submit one manifest line, start a worker: (env, batch id, db, storage URL)."""
+    storage_url = storage_url or (tmp_path / "out").as_uri()
+    env = farm_env(tmp_path, db_url, broker_url, storage_url, **extra)
+    upgrade(db_url)
+    batch = submit(env, tmp_path, line)
+    db = Db(db_url)
+    workers.start(env, *worker_args)
+    return env, batch, db, storage_url
+
+
 def attempts_match_events(db: Db, batch_id: str) -> None:
     """Each job's attempt count is its claims, and every extra claim follows a recorded loss."""
     claims: dict[str, int] = {}
@@ -65,12 +79,7 @@ def test_kill_9_mid_batch_loses_and_duplicates_nothing(
 
 def test_flushall_while_queued_and_running(tmp_path: Path, workers: Workers, pg_url: str,
                                            redis_url: str) -> None:
-    storage_url = (tmp_path / "out").as_uri()
-    env = farm_env(tmp_path, pg_url, redis_url, storage_url)
-    upgrade(pg_url)
-    batch = submit(env, tmp_path, generate(400))
-    db = Db(pg_url)
-    workers.start(env, "--max-batch", "8")
+    _, batch, db, storage_url = start_farm(tmp_path, workers, pg_url, redis_url, generate(400))
     db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 40)
     client = redis.Redis.from_url(redis_url)
     client.flushall()  # every queued message and the unacked one are gone
@@ -83,12 +92,8 @@ def test_flushall_while_queued_and_running(tmp_path: Path, workers: Workers, pg_
 
 def test_postgres_stopped_under_load(tmp_path: Path, workers: Workers, private_pg: PrivatePostgres,
                                      redis_url: str) -> None:
-    storage_url = (tmp_path / "out").as_uri()
-    env = farm_env(tmp_path, private_pg.url, redis_url, storage_url)
-    upgrade(private_pg.url)
-    batch = submit(env, tmp_path, generate(300))
-    db = Db(private_pg.url)
-    workers.start(env, "--max-batch", "8")
+    _, batch, db, storage_url = start_farm(tmp_path, workers, private_pg.url, redis_url,
+                                           generate(300))
     db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 30)
     private_pg.stop()
     time.sleep(5)
@@ -153,12 +158,7 @@ def test_poison_oom_and_transient_jobs(tmp_path: Path, workers: Workers, pg_url:
 
 def test_cancel_mid_run_starts_nothing_afterwards(tmp_path: Path, workers: Workers, pg_url: str,
                                                   redis_url: str) -> None:
-    storage_url = (tmp_path / "out").as_uri()
-    env = farm_env(tmp_path, pg_url, redis_url, storage_url)
-    upgrade(pg_url)
-    batch = submit(env, tmp_path, generate(400))
-    db = Db(pg_url)
-    workers.start(env, "--max-batch", "8")
+    env, batch, db, storage_url = start_farm(tmp_path, workers, pg_url, redis_url, generate(400))
     db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 16)
     result = run_cli("cancel", batch[:10], env=env)
     assert result.returncode == 0 and "cancelled" in result.stdout, result.stderr
@@ -216,11 +216,9 @@ def test_reconcile_command_reports_json(tmp_path: Path, pg_url: str, redis_url: 
 
 def test_worker_processes_recycle_after_a_task_count(tmp_path: Path, workers: Workers, pg_url: str,
                                                      redis_url: str) -> None:
-    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri(), GENFARM_UNIT_SIZE="16")
-    upgrade(pg_url)
-    batch = submit(env, tmp_path, {"kind": "noop", "tag": {"range": [0, 64]}})
-    db = Db(pg_url)
-    workers.start(env, "--max-tasks-per-child", "1")
+    _, batch, db, _ = start_farm(tmp_path, workers, pg_url, redis_url,
+                                 {"kind": "noop", "tag": {"range": [0, 64]}},
+                                 ("--max-tasks-per-child", "1"), GENFARM_UNIT_SIZE="16")
     db.wait(batch, workers)
     assert db.counts(batch) == {"succeeded": 64}
     # lease owners are host:worker:process:claim; each unit ran in a fresh pool process
@@ -231,14 +229,12 @@ def test_worker_processes_recycle_after_a_task_count(tmp_path: Path, workers: Wo
 
 def test_a_unit_past_its_time_limit_hands_its_jobs_to_retries(
         tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
-    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri(),
-                   GENFARM_UNIT_TIME_LIMIT="2", GENFARM_MODEL_PROFILE="default")
-    upgrade(pg_url)
     # one unit of 64 large images takes far longer than 2 seconds on a CPU
-    batch = submit(env, tmp_path, {"kind": "generate", "seed": {"range": [0, 64]}, "width": 512,
-                                   "height": 512, "max_attempts": 1})
-    db = Db(pg_url)
-    workers.start(env, "--max-batch", "4")
+    _, batch, db, _ = start_farm(
+        tmp_path, workers, pg_url, redis_url,
+        {"kind": "generate", "seed": {"range": [0, 64]}, "width": 512, "height": 512,
+         "max_attempts": 1}, ("--max-batch", "4"),
+        GENFARM_UNIT_TIME_LIMIT="2", GENFARM_MODEL_PROFILE="default")
     db.wait(batch, workers, timeout=300)
     jobs = db.jobs(batch)
     timed_out = [j for j in jobs if j.status == "failed"]
