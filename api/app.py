@@ -25,16 +25,15 @@ from api.schemas import (
     Problem,
     ValidationProblem,
 )
-from jobs import __version__, lifecycle
-from jobs.batches import finalize_if_done, reopen, resolve_batch, summarize
+from jobs import __version__
+from jobs.batches import cancel_jobs, resolve_batch, summarize
 from jobs.db import make_engine, session_factory
 from jobs.errors import LineError, ManifestError, NotFound
-from jobs.kinds import KINDS
 from jobs.manifest import parse_manifest, validate_records
 from jobs.models import Batch, Job, Output
 from jobs.settings import Settings
 from jobs.sources import resolve_sources
-from jobs.submit import publish_due, submit
+from jobs.submit import retry_failed_jobs, submit
 from storage import open_storage
 from storage.errors import ObjectNotFound
 from workers.app import QUEUES, make_app, publisher
@@ -165,24 +164,19 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/batches/{batch_id}/cancel", response_model=ActionResult, responses=NOT_FOUND)
     def cancel_batch(batch_id: str, who: Auth) -> Any:
         """Cancel: queued jobs never start; running ones stop at their next batch boundary."""
-        with sessions.begin() as session:
+        with sessions() as session:
             batch = own_batch(session, batch_id, who)
-            n = lifecycle.cancel(session, Job.batch_id == batch.id)
-        finalize_if_done(sessions, storage, batch.id)
+        n = cancel_jobs(sessions, storage, Job.batch_id == batch.id, [batch.id])
         return ActionResult(batch_id=batch.id, changed=n)
 
     @app.post("/v1/batches/{batch_id}/retry", response_model=ActionResult, responses=NOT_FOUND)
     def retry_batch(batch_id: str, who: Auth) -> Any:
         """Requeue the batch's failed jobs."""
-        with sessions.begin() as session:
+        with sessions() as session:
             batch = own_batch(session, batch_id, who)
-            n = lifecycle.retry_failed(session, Job.batch_id == batch.id, settings.max_attempts)
-            if n:
-                reopen(session, batch.id)
-        if n:
-            publish_due(sessions, publish, unit_size=settings.unit_size,
-                        republish_after_s=settings.republish_after_seconds,
-                        queue_of=lambda kind: KINDS[kind].queue)
+        n = retry_failed_jobs(sessions, publish, Job.batch_id == batch.id, [batch.id],
+                              settings.max_attempts, unit_size=settings.unit_size,
+                              republish_after_s=settings.republish_after_seconds)
         return ActionResult(batch_id=batch.id, changed=n)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=NOT_FOUND)

@@ -104,8 +104,6 @@ def measure_bare(settings: Settings, size: int, seconds: float) -> dict[str, Any
 
 
 def measure_video(settings: Settings, size: int) -> dict[str, Any]:
-    import io
-
     pipe = make_pipeline("video", settings)
     pipe.setup("cpu")
 
@@ -136,7 +134,6 @@ def measure_video(settings: Settings, size: int) -> dict[str, Any]:
     [art] = pipe.run([job], [ctx])[0]
     size_bytes = len(art.encode())
     seconds = time.perf_counter() - start
-    del io
     return {"frames": frames, "frames_per_s": round(frames / seconds, 2), "mp4_bytes": size_bytes}
 
 

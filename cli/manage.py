@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
 
 from cli.options import friendly_errors, settings_options
 from jobs.errors import NotFound
@@ -35,18 +34,15 @@ def cancel(settings: Settings, target: str) -> None:
     Queued jobs never start once this returns; running ones stop at their worker's
     next batch boundary. Finished jobs keep their results.
     """
-    from jobs import lifecycle
-    from jobs.batches import finalize_if_done
+    from jobs.batches import cancel_jobs
     from jobs.db import make_engine, session_factory
     from storage import open_storage
 
     sessions = session_factory(make_engine(settings.resolved_database_url()))
-    with sessions.begin() as session:
+    with sessions() as session:
         where, batch_ids, label = _target(session, target)
-        n = lifecycle.cancel(session, where)
     storage = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
-    for batch_id in batch_ids:
-        finalize_if_done(sessions, storage, batch_id)
+    n = cancel_jobs(sessions, storage, where, batch_ids)
     click.echo(f"cancelled {n} job(s) of {label}")
 
 
@@ -60,27 +56,17 @@ def cancel(settings: Settings, target: str) -> None:
 @friendly_errors
 def retry(settings: Settings, target: str, only_failed: bool, attempts: int | None) -> None:
     """Requeue the failed jobs of a batch (id or prefix) or one failed job."""
-    from jobs import lifecycle
-    from jobs.batches import reopen
     from jobs.db import make_engine, session_factory
-    from jobs.kinds import KINDS
-    from jobs.models import Job
-    from jobs.submit import publish_due
+    from jobs.submit import retry_failed_jobs
     from workers.app import make_app, publisher
 
     del only_failed
     sessions = session_factory(make_engine(settings.resolved_database_url()))
-    with sessions.begin() as session:
+    with sessions() as session:
         where, batch_ids, label = _target(session, target)
-        n = lifecycle.retry_failed(session, where, attempts or settings.max_attempts)
-        if n:
-            for batch_id in batch_ids:
-                reopen(session, batch_id)
-        ids = list(session.scalars(select(Job.id).where(where, Job.status == "queued")))
-    if n:
-        publish_due(sessions, publisher(make_app(settings)), unit_size=settings.unit_size,
-                    republish_after_s=settings.republish_after_seconds,
-                    queue_of=lambda kind: KINDS[kind].queue, limit=len(ids) + 1000)
+    n = retry_failed_jobs(sessions, publisher(make_app(settings)), where, batch_ids,
+                          attempts or settings.max_attempts, unit_size=settings.unit_size,
+                          republish_after_s=settings.republish_after_seconds)
     click.echo(f"requeued {n} failed job(s) of {label}")
 
 

@@ -153,6 +153,18 @@ def open_batches(session: Session, limit: int = 1000) -> list[str]:
         select(Batch.id).where(Batch.finished_at.is_(None)).order_by(Batch.created_at).limit(limit)))
 
 
+def cancel_jobs(session_factory: Any, writer: ManifestWriter, job_filter: Any,
+                batch_ids: list[str]) -> int:
+    """Cancel the jobs ``job_filter`` selects and close their batches if nothing is left."""
+    from jobs import lifecycle
+
+    with session_factory.begin() as session:
+        n = lifecycle.cancel(session, job_filter)
+    for batch_id in batch_ids:
+        finalize_if_done(session_factory, writer, batch_id)
+    return n
+
+
 def reopen(session: Session, batch_id: str) -> None:
     """A finished batch that gets work again (a retry) is active until it finishes anew."""
     session.execute(update(Batch).where(Batch.id == batch_id)

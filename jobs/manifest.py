@@ -273,7 +273,7 @@ def _expand_line(
         base.update({key: v for (key, _), v in zip(axes, combo, strict=True)})
         job_refs: list[tuple[str, int]] = []
         for path, (pos, spec) in ([("source", source)] if source else []) + nested:
-            _set_path(base, path, {"line": _get_path(record, path)["line"], "params": spec.params})
+            _set_path(base, path, {"line": get_path(record, path)["line"], "params": spec.params})
             job_refs.append((path, pos))
         if source and kind_name == "edit" and base.get("op") != "image":
             base.setdefault("width", source[1].params["width"])
@@ -304,7 +304,8 @@ def _expand_line(
     return (specs, []) if not errors else ([], _dedupe(errors))
 
 
-def _get_path(params: Any, path: str) -> Any:
+def get_path(params: Any, path: str) -> Any:
+    """The node at a dotted path such as ``ops.2.color_transfer`` (list indexes are numbers)."""
     for part in path.split("."):
         params = params[int(part)] if part.isdigit() else params[part]
     return params

@@ -3,6 +3,7 @@ or an object in storage. Every problem is a manifest error on the line that name
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Protocol
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from jobs.errors import LineError, ManifestError
 from jobs.kinds import KINDS
-from jobs.manifest import JobSpec
+from jobs.manifest import JobSpec, get_path
 from jobs.models import Batch, Job, Output
 
 AUDIO_MAGIC = (b"RIFF", b"ID3", b"OggS", b"fLaC", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
@@ -45,9 +46,9 @@ def resolve_sources(specs: list[JobSpec], session: Session, project: str,
         if not refs:
             out.append(spec)
             continue
-        params = _deepcopy(spec.params)
+        params = copy.deepcopy(spec.params)
         for path, _ in refs:
-            node = _get(params, path)
+            node = get_path(params, path)
             problem = (_resolve_job(session, project, node, spec.params) if node.get("job")
                        else _resolve_key(objects, node, audio=path == "audio"))
             if problem:
@@ -97,15 +98,3 @@ def _resolve_key(objects: Objects, node: dict[str, Any], audio: bool) -> str | N
             return f"{node['key']!r} is not an audio file (WAV, MP3, Ogg, FLAC or M4A)"
     node["key"] = key
     return None
-
-
-def _get(params: Any, path: str) -> Any:
-    for part in path.split("."):
-        params = params[int(part)] if part.isdigit() else params[part]
-    return params
-
-
-def _deepcopy(params: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(params)

@@ -12,9 +12,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import lifecycle
+from jobs.batches import reopen
 from jobs.errors import GenfarmError
+from jobs.kinds import KINDS
 from jobs.lifecycle import due_unpublished, insert_rows, mark_published
-from jobs.manifest import JobSpec
+from jobs.manifest import JobSpec, get_path
 from jobs.models import Batch, Job, Project, utcnow
 
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -91,10 +94,7 @@ def submit(
         if spec.refs:  # {"line": N} references: name the referenced job by its id
             params = copy.deepcopy(params)
             for path, position in spec.refs:
-                node: Any = params
-                for part in path.split("."):
-                    node = node[int(part)] if part.isdigit() else node[part]
-                node["job"] = ids[position]
+                get_path(params, path)["job"] = ids[position]
         rows.append({
             "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
             "params": params, "batch_key": spec.batch_key, "status": "queued",
@@ -110,24 +110,42 @@ def submit(
                           job_count=len(rows), created_at=now))
         session.flush()
         insert_rows(session, Job, rows)
-    units = make_units(triples, unit_size)
+    units = len(make_units(triples, unit_size))
     try:
-        publish(units)
+        publish_jobs(sessions, publish, triples, unit_size)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs to the reconciler
-        return SubmitResult(batch_id, len(rows), len(units), False, f"{type(exc).__name__}: {exc}")
+        return SubmitResult(batch_id, len(rows), units, False, f"{type(exc).__name__}: {exc}")
+    return SubmitResult(batch_id, len(rows), units, True)
+
+
+def publish_jobs(sessions: sessionmaker[Session], publish: Publisher,
+                 jobs: Sequence[tuple[str, str, str]], unit_size: int) -> None:
+    """Publish (id, queue, batch_key) jobs as work units, then mark them published."""
+    publish(make_units(jobs, unit_size))
     with sessions.begin() as session:
-        mark_published(session, [t[0] for t in triples])
-    return SubmitResult(batch_id, len(rows), len(units), True)
+        mark_published(session, [j[0] for j in jobs])
 
 
 def publish_due(sessions: sessionmaker[Session], publish: Publisher, *, unit_size: int,
-                republish_after_s: float, queue_of: Callable[[str], str], limit: int = 50_000) -> int:
+                republish_after_s: float, limit: int = 50_000) -> int:
     """Publish queued jobs that have no live message (never published, lost, or due after a backoff)."""
     with sessions() as session:
         due = due_unpublished(session, republish_after_s, limit)
-    if not due:
-        return 0
-    publish(make_units([(j, queue_of(kind), key) for j, kind, key in due], unit_size))
-    with sessions.begin() as session:
-        mark_published(session, [d[0] for d in due])
+    if due:
+        publish_jobs(sessions, publish, [(j, KINDS[kind].queue, key) for j, kind, key in due],
+                     unit_size)
     return len(due)
+
+
+def retry_failed_jobs(sessions: sessionmaker[Session], publish: Publisher, job_filter: Any,
+                      batch_ids: Sequence[str], extra_attempts: int, *, unit_size: int,
+                      republish_after_s: float) -> int:
+    """failed -> queued for the jobs ``job_filter`` selects, their batches reopened, published."""
+    with sessions.begin() as session:
+        n = lifecycle.retry_failed(session, job_filter, extra_attempts)
+        if n:
+            for batch_id in batch_ids:
+                reopen(session, batch_id)
+    if n:
+        publish_due(sessions, publish, unit_size=unit_size, republish_after_s=republish_after_s)
+    return n

@@ -10,7 +10,6 @@ from typing import Any
 from jobs import lifecycle
 from jobs.batches import finalize_if_done, open_batches
 from jobs.db import make_engine, session_factory
-from jobs.kinds import KINDS
 from jobs.settings import Settings
 from jobs.submit import Publisher, publish_due
 from storage import open_storage
@@ -47,8 +46,7 @@ class Reconciler:
         report.requeued, report.failed = len(back), len(dead)
         report.published = publish_due(
             self.sessions, self.publish, unit_size=self.settings.unit_size,
-            republish_after_s=self.settings.republish_after_seconds,
-            queue_of=lambda kind: KINDS[kind].queue)
+            republish_after_s=self.settings.republish_after_seconds)
         with self.sessions() as session:
             batch_ids = open_batches(session)
         for batch_id in batch_ids:

@@ -25,11 +25,12 @@ from jobs import lifecycle
 from jobs.batches import finalize_if_done
 from jobs.db import make_engine, session_factory
 from jobs.errors import PipelineError
+from jobs.kinds import KINDS
 from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
 from jobs.settings import Settings
 from jobs.states import JobStatus
-from jobs.submit import Publisher
+from jobs.submit import Publisher, publish_jobs
 from storage import open_storage
 from storage.errors import StorageUnavailable
 from workers.pipelines import Pipeline, make_pipeline
@@ -130,7 +131,8 @@ class Runtime:
                     claimed += lifecycle.fill(session, claimed[0].batch_key, short, owner,
                                               s.lease_seconds)
         report.claimed = len(claimed)
-        report.skipped = len(job_ids) - len([c for c in claimed if c.id in set(job_ids)])
+        asked = set(job_ids)
+        report.skipped = len(asked) - sum(c.id in asked for c in claimed)
         if not claimed:
             return report
         stop = threading.Event()
@@ -241,15 +243,9 @@ class Runtime:
             back = lifecycle.release(session, owner, [j.id for j in jobs], "worker shutting down")
         report.requeued += len(back)
         if back and self.publish is not None:
-            from jobs.kinds import KINDS
-            from jobs.submit import make_units
-
-            mine = [j for j in jobs if j.id in back]
+            mine = [(j.id, KINDS[j.kind].queue, j.batch_key) for j in jobs if j.id in back]
             try:
-                self.publish(make_units([(j.id, KINDS[j.kind].queue, j.batch_key) for j in mine],
-                                        self.settings.unit_size))
-                with self.sessions.begin() as session:
-                    lifecycle.mark_published(session, [j.id for j in mine])
+                publish_jobs(self.sessions, self.publish, mine, self.settings.unit_size)
             except Exception:  # noqa: BLE001 - the reconciler publishes them instead
                 log.warning("could not republish %d handed-back jobs", len(mine), exc_info=True)
 
