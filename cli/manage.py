@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
+from cli.io import printable
 from cli.options import friendly_errors, settings_options
-from jobs.errors import NotFound
 from jobs.settings import Settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
-def _target(session, ident: str):  # type: ignore[no-untyped-def]
-    """A batch (id or prefix) or, failing that, a single job id: (filter, batch ids, label)."""
-    from jobs.batches import resolve_batch
-    from jobs.models import Job
 
-    try:
-        batch = resolve_batch(session, ident)
-        return Job.batch_id == batch.id, [batch.id], f"batch {batch.id}"
-    except NotFound:
-        job = session.get(Job, ident)
-        if job is None:
-            raise NotFound(f"no batch or job {ident!r}") from None
-        return Job.id == job.id, [job.batch_id], f"job {job.id}"
+def _target(session: Session, ident: str) -> tuple[Any, list[str], str]:
+    """A batch or a single job, by id or unique prefix: (job filter, batch ids, label)."""
+    from jobs.batches import resolve_target
+    from jobs.models import Batch, Job
+
+    found = resolve_target(session, ident)
+    if isinstance(found, Batch):
+        return Job.batch_id == found.id, [found.id], f"batch {found.id}"
+    return Job.id == found.id, [found.batch_id], f"job {found.id}"
 
 
 @click.command()
@@ -29,7 +30,7 @@ def _target(session, ident: str):  # type: ignore[no-untyped-def]
 @settings_options
 @friendly_errors
 def cancel(settings: Settings, target: str) -> None:
-    """Cancel a batch (id or prefix) or one job.
+    """Cancel a batch or one job (an id or a prefix of 6+ characters).
 
     Queued jobs never start once this returns; running ones stop at their worker's
     next batch boundary. Finished jobs keep their results.
@@ -43,7 +44,7 @@ def cancel(settings: Settings, target: str) -> None:
         where, batch_ids, label = _target(session, target)
     storage = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
     n = cancel_jobs(sessions, storage, where, batch_ids)
-    click.echo(f"cancelled {n} job(s) of {label}")
+    click.echo(printable(f"cancelled {n} job(s) of {label}"))
 
 
 @click.command()
@@ -55,7 +56,7 @@ def cancel(settings: Settings, target: str) -> None:
 @settings_options
 @friendly_errors
 def retry(settings: Settings, target: str, only_failed: bool, attempts: int | None) -> None:
-    """Requeue the failed jobs of a batch (id or prefix) or one failed job."""
+    """Requeue the failed jobs of a batch or one failed job (an id or a prefix of 6+ characters)."""
     from jobs.db import make_engine, session_factory
     from jobs.submit import retry_failed_jobs
     from workers.app import make_app, publisher
@@ -67,7 +68,7 @@ def retry(settings: Settings, target: str, only_failed: bool, attempts: int | No
     n = retry_failed_jobs(sessions, publisher(make_app(settings)), where, batch_ids,
                           attempts or settings.max_attempts, unit_size=settings.unit_size,
                           republish_after_s=settings.republish_after_seconds)
-    click.echo(f"requeued {n} failed job(s) of {label}")
+    click.echo(printable(f"requeued {n} failed job(s) of {label}"))
 
 
 def register(group: click.Group) -> None:

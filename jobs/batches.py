@@ -56,21 +56,56 @@ class BatchSummary:
         }
 
 
+PREFIX_MIN = 6  # characters of an id that may stand for it
+_SHOWN = 3  # matches named when a prefix is ambiguous
+
+
 def resolve_batch(session: Session, id_or_prefix: str, project: str | None = None) -> Batch:
     """A batch by its id or a unique prefix of at least 6 characters (optionally within a project)."""
-    stmt = select(Batch)
-    if project is not None:
-        stmt = stmt.where(Batch.project == project)
-    exact = session.scalar(stmt.where(Batch.id == id_or_prefix))
-    if exact is not None:
-        return exact
-    if len(id_or_prefix) >= 6 and id_or_prefix.isalnum():
-        found = session.scalars(stmt.where(Batch.id.startswith(id_or_prefix)).limit(2)).all()
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise AmbiguousId(f"batch prefix {id_or_prefix!r} matches several batches")
-    raise NotFound(f"no batch {id_or_prefix!r}")
+    found = resolve_id(session, id_or_prefix, (Batch,), project)
+    assert isinstance(found, Batch)
+    return found
+
+
+def resolve_target(session: Session, id_or_prefix: str, project: str | None = None) -> Batch | Job:
+    """A batch or a single job by id or unique prefix: what cancel and retry act on."""
+    return resolve_id(session, id_or_prefix, (Batch, Job), project)
+
+
+def resolve_id(session: Session, id_or_prefix: str, models: tuple[type[Batch | Job], ...],
+               project: str | None = None) -> Batch | Job:
+    """The one row of ``models`` whose id is ``id_or_prefix`` or starts with it (6+ letters and
+    digits). A whole id wins over prefixes; a prefix that fits rows of several batches or jobs
+    is :class:`AmbiguousId` naming some of them, one that fits none is :class:`NotFound`."""
+    for model in models:
+        exact = session.scalar(_visible(model, project).where(model.id == id_or_prefix))
+        if exact is not None:
+            return exact
+    found: list[Batch | Job] = []
+    if len(id_or_prefix) >= PREFIX_MIN and id_or_prefix.isascii() and id_or_prefix.isalnum():
+        for model in models:  # alphanumeric: no LIKE wildcards to escape
+            found += session.scalars(_visible(model, project).where(model.id.startswith(id_or_prefix))
+                                     .order_by(model.id).limit(_SHOWN + 1)).all()
+    what = " or ".join(_NOUN[m] for m in models)
+    if not found:
+        raise NotFound(f"no {what} {id_or_prefix!r}")
+    if len(found) > 1:
+        shown = ", ".join(f"{_NOUN[type(r)]} {r.id}" for r in found[:_SHOWN])
+        raise AmbiguousId(f"{what} prefix {id_or_prefix!r} matches several: {shown}"
+                          f"{', ...' if len(found) > _SHOWN else ''}; give more characters")
+    return found[0]
+
+
+_NOUN: dict[type, str] = {Batch: "batch", Job: "job"}
+
+
+def _visible(model: type[Batch | Job], project: str | None) -> Any:
+    stmt = select(model)
+    if project is None:
+        return stmt
+    if model is Batch:
+        return stmt.where(Batch.project == project)
+    return stmt.join(Batch, Batch.id == Job.batch_id).where(Batch.project == project)
 
 
 def summarize(session: Session, batch: Batch) -> BatchSummary:

@@ -1,1 +1,0 @@
-"""torch models that workers run. Imported only inside worker processes."""
