@@ -23,9 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from jobs.catalog import load_catalog  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
-from workers.models.aether import Camera  # noqa: E402
-from workers.pipelines import make_pipeline  # noqa: E402
+from storage import open_storage  # noqa: E402
+from workers.families.aether.network import Camera  # noqa: E402
+from workers.families.aether.weights import load_model  # noqa: E402
+from workers.family import Family, JobContext  # noqa: E402
+from workers.runner import default_dtype  # noqa: E402
 
 BATCHES = [1, 4, 8, 16, 32]
 
@@ -61,19 +65,30 @@ def jobs_for(kind: str, n: int, size: int) -> list[dict[str, Any]]:
     raise KeyError(kind)
 
 
-def measure(kind: str, settings: Settings, size: int, seconds: float) -> dict[str, Any]:
-    pipe = make_pipeline(kind.split(":")[0], settings)
-    pipe.setup("cpu")
+def aether(settings: Settings) -> Family:
+    """The family as a worker process builds it: from the models catalog, on the CPU."""
+    catalog = load_catalog(settings)
+    fam: Family = catalog.family("aether").load_worker()(catalog.models["aether"], settings)
+    fam.setup("cpu", default_dtype(settings, "cpu"))
+    return fam
+
+
+def contexts(kind: str, jobs: list[dict[str, Any]], store: Any) -> list[JobContext]:
+    return [JobContext(f"j{i}", "b", "p", 1, kind, job, store) for i, job in enumerate(jobs)]
+
+
+def measure(kind: str, settings: Settings, size: int, seconds: float, store: Any) -> dict[str, Any]:
+    fam = aether(settings)
     out: dict[str, Any] = {}
     for n in BATCHES:
-        jobs = jobs_for(kind, n, size)
-        ctx = [{"job_id": f"j{i}", "batch_id": "b", "attempt": 1} for i in range(n)]
+        ctx = contexts(kind.split(":")[0], jobs_for(kind, n, size), store)
 
-        def run(jobs: list[dict[str, Any]] = jobs, ctx: list[dict[str, Any]] = ctx) -> int:
-            for arts in pipe.run(jobs, ctx):
+        def run(ctx: list[JobContext] = ctx) -> int:
+            for arts in fam.run(ctx):
+                assert isinstance(arts, list)
                 for art in arts:
                     art.encode()
-            return len(jobs)
+            return len(ctx)
 
         out[n] = rate(run, seconds)
     best = max(out, key=out.get)
@@ -83,9 +98,7 @@ def measure(kind: str, settings: Settings, size: int, seconds: float) -> dict[st
 
 def measure_bare(settings: Settings, size: int, seconds: float) -> dict[str, Any]:
     """The generator alone: the same forward pass in a plain loop, no pipeline around it."""
-    from workers.models.registry import load_model
-
-    model = load_model("aether", settings, "cpu")
+    model = load_model(load_catalog(settings).models["aether"], settings, "cpu")
     m, dtype = model.module, model.dtype
     out = {}
     for n in BATCHES:
@@ -103,35 +116,16 @@ def measure_bare(settings: Settings, size: int, seconds: float) -> dict[str, Any
     return {"batch_1": round(out[1], 2), "best_batch": best, "best": round(out[best], 2)}
 
 
-def measure_video(settings: Settings, size: int) -> dict[str, Any]:
-    pipe = make_pipeline("video", settings)
-    pipe.setup("cpu")
-
-    class Memory:
-        def __init__(self) -> None:
-            self.objects: dict[str, bytes] = {}
-
-        def list(self, prefix: str) -> list[str]:
-            return [k for k in self.objects if k.startswith(prefix)]
-
-        def put(self, key: str, data: bytes, content_type: str) -> None:
-            self.objects[key] = data
-
-        def get(self, key: str, sha256: str | None = None) -> bytes:
-            return self.objects[key]
-
-        def delete(self, key: str) -> None:
-            self.objects.pop(key, None)
-
+def measure_video(settings: Settings, size: int, store: Any) -> dict[str, Any]:
+    fam = aether(settings)
     frames = 96
     job = {"mode": "orbit", "seed": 1, "truncation": 0.7, "frames": frames, "fps": 24,
            "width": size, "height": size, "yaw_from": -180.0, "yaw_to": 180.0, "yaw": 0.0,
            "pitch": 10.0, "radius": 2.7, "fov": 36.0, "chunk_frames": 48, "model": "aether"}
-    store = Memory()
-    ctx = {"job_id": "j", "batch_id": "b", "attempt": 1, "storage": store,
-           "key": lambda name: f"p/b/j/{name}", "prefix": "p/b/j/", "still_held": lambda: True}
     start = time.perf_counter()
-    [art] = pipe.run([job], [ctx])[0]
+    [arts] = fam.run(contexts("video", [job], store))
+    assert isinstance(arts, list)
+    [art] = arts
     size_bytes = len(art.encode())
     seconds = time.perf_counter() - start
     return {"frames": frames, "frames_per_s": round(frames / seconds, 2), "mp4_bytes": size_bytes}
@@ -144,6 +138,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    import tempfile
+
+    store = open_storage(Path(tempfile.mkdtemp(prefix="genfarm-bench-")).as_uri())
     result: dict[str, Any] = {"benchmark": "models", "device": "cpu", "threads":
                               torch.get_num_threads(), "profile": args.profile,
                               "size": f"{args.size}x{args.size}", "unit": "images/s"}
@@ -152,8 +149,8 @@ def main() -> None:
         section: dict[str, Any] = {"bare_torch_generator": measure_bare(settings, args.size,
                                                                         args.seconds)}
         for kind in ("generate", "edit:latent", "edit:rerender", "edit:image"):
-            section[kind] = measure(kind, settings, args.size, args.seconds)
-        section["video:orbit"] = measure_video(settings, args.size)
+            section[kind] = measure(kind, settings, args.size, args.seconds, store)
+        section["video:orbit"] = measure_video(settings, args.size, store)
         result[mode] = section
     print(json.dumps(result, indent=2))
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import click
 
-from cli.options import friendly_errors, settings_options
+from cli.io import MAX_MANIFEST_BYTES, ByteSize, human_bytes, printable, read_manifest
+from cli.options import GenfarmGroup, friendly_errors, redact, settings_options
 from jobs.settings import Settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=GenfarmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="genfarm", prog_name="genfarm")
 def cli() -> None:
     """genfarm: a render farm for generative media.
@@ -43,7 +44,8 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--revision", default="head", show_default=True,
+              help="Target revision (newer than the database's; see `genfarm db downgrade`).")
 @settings_options
 @friendly_errors
 def db_upgrade(settings: Settings, revision: str) -> None:
@@ -51,8 +53,40 @@ def db_upgrade(settings: Settings, revision: str) -> None:
     from jobs.db import upgrade
 
     url = settings.resolved_database_url()
-    upgrade(url, revision)
-    click.echo(f"database at {_redact(url)} is at {revision}")
+    done = upgrade(url, revision)
+    if done.before == done.after:
+        click.echo(printable(f"database {redact(url)} already at {_revision(done.after, done.head)}"))
+    else:
+        click.echo(printable(f"database {redact(url)} upgraded from {done.before or 'an empty schema'} "
+                             f"to {_revision(done.after, done.head)}"))
+
+
+@db.command("downgrade")
+@click.option("--revision", required=True,
+              help="Target revision: an older one, -1 for one step, or base (drops every table).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@settings_options
+@friendly_errors
+def db_downgrade(settings: Settings, revision: str, yes: bool) -> None:
+    """Take the schema back to an older revision, dropping what the newer ones added."""
+    from jobs.db import downgrade
+
+    url = settings.resolved_database_url()
+    if not yes:
+        click.confirm(printable(f"downgrade {redact(url)} to {revision}? What newer revisions "
+                                "added is dropped, data included"), abort=True)
+    done = downgrade(url, revision)
+    if done.before == done.after:
+        click.echo(printable(f"database {redact(url)} already at {_revision(done.after, done.head)}"))
+    else:
+        click.echo(printable(f"database {redact(url)} downgraded from {done.before} "
+                             f"to {_revision(done.after, done.head)}"))
+
+
+def _revision(rev: str | None, head: str | None) -> str:
+    if rev is None:
+        return "base (no schema)"
+    return f"{rev} (head)" if rev == head else rev
 
 
 @db.command("current")
@@ -66,22 +100,6 @@ def db_current(settings: Settings) -> None:
     click.echo(current_revision(engine) or "none (run `genfarm db upgrade`)")
 
 
-# -- kinds --------------------------------------------------------------------------------
-@cli.command()
-def kinds() -> None:
-    """List the job kinds and the fields each manifest line takes."""
-    from jobs.kinds import KINDS
-
-    for kind in KINDS.values():
-        click.secho(f"{kind.name}: {kind.summary}", bold=True)
-        for name, f in kind.params.model_fields.items():
-            default = "required" if f.is_required() else f"default {f.default!r}"
-            click.echo(f"  {name:<14} {f.description or ''} ({default})")
-    click.echo("\nEvery line may also set: priority (-1000..1000), max_attempts (1..20), "
-               "count (N jobs from consecutive seeds).\nA list sweeps a field; "
-               '{"range": [start, stop, step]} sweeps a range.')
-
-
 # -- submit -------------------------------------------------------------------------------
 @cli.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
@@ -90,10 +108,12 @@ def kinds() -> None:
               help="Manifest format [default: from the file name, else jsonl].")
 @click.option("--wait", is_flag=True, help="Show progress until every job has finished.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--max-bytes", type=ByteSize(), default=MAX_MANIFEST_BYTES,
+              help=f"Refuse a manifest larger than this [default: {human_bytes(MAX_MANIFEST_BYTES)}].")
 @settings_options
 @friendly_errors
 def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wait: bool,
-           as_json: bool) -> None:
+           as_json: bool, max_bytes: int) -> None:
     """Validate MANIFEST (JSONL or CSV, '-' for stdin) and queue it as one batch.
 
     \b
@@ -102,45 +122,28 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
       {"kind": "generate", "seed": {"range": [0, 100]}, "truncation": [0.5, 0.8]}
     The whole file is checked first: any bad line and nothing is written.
     """
-    from jobs.db import make_engine, session_factory
-    from jobs.manifest import format_for, parse_manifest
-    from jobs.submit import submit as submit_batch
-    from workers.app import make_app, publisher
+    from jobs.manifest import format_for
+    from workers.app import make_submitter
 
-    data = sys.stdin.buffer.read() if manifest == "-" else Path(manifest).read_bytes()
+    data = read_manifest(manifest, max_bytes)
     source = "stdin" if manifest == "-" else Path(manifest).name
-    specs = parse_manifest(data, format=fmt or format_for(manifest), source=source,
-                           default_max_attempts=settings.max_attempts)
-    sessions = session_factory(make_engine(settings.resolved_database_url()))
-    specs = resolve(settings, sessions, project, specs)
-    app = make_app(settings)
-    result = submit_batch(sessions, project, specs, publisher(app), unit_size=settings.unit_size,
-                          source=source)
+    submitter = make_submitter(settings)
+    result = submitter.submit_manifest(project, data, format=fmt or format_for(manifest),
+                                       source=source)
+    sessions = submitter.sessions
     if as_json and not wait:
         click.echo(json.dumps(result.__dict__))
     elif not as_json:
         click.echo(result.batch_id)
         click.echo(f"{result.job_count} jobs in {result.units} work units", err=True)
     if not result.published:
-        click.echo(f"warning: broker unavailable ({result.publish_error}); the jobs are recorded "
-                   "and a worker's reconciler will publish them", err=True)
+        click.echo(printable(f"warning: broker unavailable ({result.publish_error}); the jobs are "
+                             "recorded and a worker's reconciler will publish them"), err=True)
     if wait:
         summary = wait_for_batch(sessions, result.batch_id)
         if as_json:
             click.echo(json.dumps(summary))
         sys.exit(0 if summary["status"] == "succeeded" else 1)
-
-
-def resolve(settings: Settings, sessions: Any, project: str, specs: list[Any]) -> list[Any]:
-    """Check and fill in sources given by job id or storage key (edits, videos)."""
-    from jobs.sources import resolve_sources
-    from storage import open_storage
-
-    if not any(s.kind in ("edit", "video") for s in specs):
-        return specs
-    storage = open_storage(settings.resolved_storage_url(), endpoint_url=settings.s3_endpoint_url)
-    with sessions() as session:
-        return resolve_sources(specs, session, project, storage)
 
 
 def wait_for_batch(sessions: Any, batch_id: str, poll_s: float = 0.5) -> dict[str, Any]:
@@ -181,6 +184,7 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
     from jobs.batches import list_batches, resolve_batch, summarize
     from jobs.db import make_engine, session_factory
     from jobs.models import Job
+    from jobs.presence import unserved
 
     sessions = session_factory(make_engine(settings.resolved_database_url()))
     with sessions() as session:
@@ -192,26 +196,31 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
             if not rows:
                 click.echo("no batches yet")
             for r in rows:
-                click.echo(f"{r['id']}  {r['project']:<12} {r['status']:<10} "
-                           f"{r['done']}/{r['jobs']} done  {r['source']}")
+                click.echo(printable(f"{r['id']}  {r['project']:<12} {r['status']:<10} "
+                                     f"{r['done']}/{r['jobs']} done  {r['source']}"))
             return
         b = resolve_batch(session, batch, project)
         summary = summarize(session, b).as_dict()
         failures = session.execute(
             select(Job.id, Job.index, Job.error).where(Job.batch_id == b.id, Job.status == "failed")
             .order_by(Job.index).limit(1000)).all() if show_failed or as_json else []
+        waiting = unserved(session, 3 * settings.reconcile_interval, b.id)
     if as_json:
         summary["failures"] = [{"job_id": j, "index": i, "error": e} for j, i, e in failures]
+        summary["unserved_models"] = waiting
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})")
+    click.echo(printable(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})"))
     click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done "
                f"({summary['progress']:.0%}), {summary['device_seconds']:.1f} device-seconds")
     click.echo("jobs      " + "  ".join(f"{k} {v}" for k, v in summary["counts"].items()))
     if summary["manifest_key"]:
-        click.echo(f"manifest  {summary['manifest_key']}")
+        click.echo(printable(f"manifest  {summary['manifest_key']}"))
+    for model, count in sorted(waiting.items()):
+        click.echo(printable(f"waiting   {count} queued jobs wait for model {model}: no running "
+                             f"worker serves it (start one: genfarm worker --models {model})"))
     for job_id, index, error in failures:
-        click.echo(f"failed    #{index} {job_id}: {error}")
+        click.echo(printable(f"failed    #{index} {job_id}: {error}"))
 
 
 # -- pull ---------------------------------------------------------------------------------
@@ -253,7 +262,8 @@ def pull(settings: Settings, batch: str, dest: Path) -> None:
         tmp.replace(path)
         fetched += 1
     (dest / "manifest.jsonl").write_bytes(manifest)
-    click.echo(f"{fetched} downloaded, {skipped} already present, all sha256 verified -> {dest}")
+    click.echo(printable(f"{fetched} downloaded, {skipped} already present, all sha256 verified "
+                         f"-> {dest}"))
 
 
 # -- reconcile ----------------------------------------------------------------------------
@@ -274,20 +284,13 @@ def reconcile(settings: Settings, loop: bool) -> None:
         time.sleep(settings.reconcile_interval)
 
 
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: show as is
-        return url
-
-
 from cli import manage as _manage  # noqa: E402
+from cli import models as _models  # noqa: E402
 from cli import serve as _serve  # noqa: E402
 from cli import worker as _worker  # noqa: E402
 
 _worker.register(cli)
+_models.register(cli)
 _manage.register(cli)
 _serve.register(cli)
 

@@ -13,19 +13,17 @@ from typing import Any
 import click
 from celery.exceptions import SecurityWarning
 
-from cli.options import friendly_errors, settings_options
+from cli.io import printable
+from cli.options import friendly_errors, redact, settings_options
 from jobs.settings import Settings
-
-DEMO_MANIFEST = b"""\
-{"kind": "generate", "seed": {"range": [0, 4]}, "yaw": [-30, 0, 30], "width": 128, "height": 128}
-{"kind": "generate", "seed": 42, "count": 4, "truncation": 0.5, "pitch": 15, "width": 128, "height": 128}
-{"kind": "edit", "op": "rerender", "source": {"line": 2}, "yaw": 60, "pitch": 15}
-{"kind": "video", "mode": "orbit", "seed": 7, "frames": 48, "fps": 24, "pitch": 10}
-"""
 
 
 @click.command()
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues [default: all kinds].")
+@click.option("--models", "-m", default=None, metavar="A,B",
+              help="Comma-separated models to serve (see `genfarm models`) [default: every "
+                   "model this machine can load].")
+@click.option("--queues", "-Q", default=None,
+              help="Comma-separated Celery queues, for ops [default: the models' queues].")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
               help="Jobs per forward pass [GENFARM_MAX_BATCH, default 16].")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=1, show_default=True,
@@ -39,20 +37,44 @@ DEMO_MANIFEST = b"""\
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @settings_options
 @friendly_errors
-def worker(settings: Settings, queues: str | None, max_batch: int | None, concurrency: int,
-           pool: str, max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           loglevel: str) -> None:
-    """Run a worker: it takes work units from the broker and runs their jobs in batches.
+def worker(settings: Settings, models: str | None, queues: str | None, max_batch: int | None,
+           concurrency: int, pool: str, max_tasks_per_child: int | None,
+           max_memory_per_child: int | None, loglevel: str) -> None:
+    """Run a worker: it takes work units of its models from the broker and runs their jobs in
+    batches. Each model has its own queue, so a GPU box serving one model never pulls another's
+    jobs: `genfarm worker --models sd-xl` on one, `--models aether` on another.
 
-    The model loads in each worker process after it starts (CUDA is never touched
+    The models load in each worker process after it starts (CUDA is never touched
     before the fork), on CUDA when present, else on the CPU.
     """
-    from workers.app import QUEUES, make_app
+    from jobs.catalog import iter_checks, load_catalog
+    from workers.app import make_app
 
     if max_batch is not None:
         settings = settings.model_copy(update={"max_batch": max_batch})
-    app = make_app(settings)
-    argv = ["worker", "-Q", queues or ",".join(QUEUES), "-c", str(concurrency), "-P", pool,
+    catalog = load_catalog(settings)
+    checks = {c.entry.name: c for c in iter_checks(catalog)}
+    if models:
+        served = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in served if m not in catalog.models]
+        if unknown:
+            raise click.UsageError(f"unknown model(s) {', '.join(unknown)}; the models file has "
+                                   f"{', '.join(catalog.models)}")
+        broken = [f"{m}: {'; '.join(checks[m].problems)}" for m in served if checks[m].problems]
+        if broken:
+            raise click.ClickException("cannot serve " + " | ".join(broken))
+    else:
+        served = [name for name, c in checks.items() if c.loadable]
+        for name, c in checks.items():
+            if not c.loadable:
+                click.echo(printable(f"warning: not serving model {name}: "
+                                     f"{'; '.join(c.problems)}"), err=True)
+        if not served:
+            raise click.ClickException("this machine can load none of the models")
+    click.echo(f"serving models: {', '.join(served)}", err=True)
+    app = make_app(settings, models=served)
+    argv = ["worker", "-Q", queues or ",".join(catalog.queues(served)), "-c", str(concurrency),
+            "-P", pool,
             "-l", loglevel, "-E", "-n", f"genfarm-{os.getpid()}@%h", "--without-mingle"]
     if max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
@@ -69,26 +91,28 @@ def demo(settings: Settings, project: str) -> None:
     """The whole pipeline on this machine: migrate, submit a small manifest, run a worker
     in this process until the batch is done, and show where the images are."""
     from cli.main import wait_for_batch
-    from jobs.db import make_engine, session_factory, upgrade
-    from jobs.manifest import parse_manifest
-    from jobs.submit import submit as submit_batch
-    from workers.app import QUEUES, make_app, publisher
+    from jobs.catalog import load_catalog
+    from jobs.db import upgrade
+    from workers.app import make_app, make_submitter
 
     url = settings.resolved_database_url()
-    click.echo(f"database: {url}\nbroker:   {settings.resolved_broker_url()}\n"
-               f"storage:  {settings.resolved_storage_url()}")
+    click.echo(printable(f"database: {redact(url)}\nbroker:   {redact(settings.resolved_broker_url())}\n"
+                         f"storage:  {settings.resolved_storage_url()}", multiline=True))
     upgrade(url)
-    specs = parse_manifest(DEMO_MANIFEST, source="demo.jsonl")
-    sessions = session_factory(make_engine(url))
+    catalog = load_catalog(settings)
+    family = next((catalog.family(m) for m in catalog.models if catalog.family(m).demo), None)
+    if family is None:
+        raise click.ClickException("no model of the models file has a demo manifest")
     app = make_app(settings)
-    result = submit_batch(sessions, project, specs, publisher(app), unit_size=settings.unit_size,
-                          source="demo.jsonl")
+    submitter = make_submitter(settings, app)
+    sessions = submitter.sessions
+    result = submitter.submit_manifest(project, family.demo, source="demo.jsonl")
     click.echo(f"submitted batch {result.batch_id}: {result.job_count} jobs "
-               "(generate, camera re-render edits, an orbit video)")
+               f"({family.demo_summary or family.summary})")
 
     # the demo runs where it is started; Celery's warning about running as root is noise here
     warnings.filterwarnings("ignore", category=SecurityWarning)
-    worker = app.Worker(queues=QUEUES, pool="solo", concurrency=1, loglevel="WARNING",
+    worker = app.Worker(queues=catalog.queues(), pool="solo", concurrency=1, loglevel="WARNING",
                         without_mingle=True, without_gossip=True, without_heartbeat=True,
                         hostname=f"genfarm-demo-{os.getpid()}@localhost", quiet=True,
                         redirect_stdouts=False)
@@ -116,7 +140,7 @@ def demo(settings: Settings, project: str) -> None:
 
         store = open_storage(storage_url)
         where = str(store.path_of(store.batch_prefix(project, result.batch_id)))  # type: ignore[attr-defined]
-    click.echo(f"images:   {where}")
+    click.echo(printable(f"images:   {where}"))
     click.echo(f"manifest: {summary.get('manifest_key')}")
     click.echo(f"next:     genfarm pull {result.batch_id[:8]} ./{project}-images")
     sys.exit(0 if summary.get("status") == "succeeded" else 1)
@@ -128,19 +152,27 @@ def model() -> None:
 
 
 @model.command("export")
-@click.argument("name", type=click.Choice(["aether"]))
+@click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--profile", type=click.Choice(["tiny", "default", "large"]), default=None,
-              help="Size profile [default: GENFARM_MODEL_PROFILE].")
+@click.option("--profile", default=None,
+              help="Size profile, where the family has several [default: GENFARM_MODEL_PROFILE].")
 @settings_options
 @friendly_errors
 def model_export(settings: Settings, name: str, file: Path, profile: str | None) -> None:
-    """Write NAME's weights to FILE (safetensors): the configured checkpoint's, or the seeded
-    reference weights. Point GENFARM_CHECKPOINT at the file to load it back."""
-    from workers.models.registry import export_checkpoint
+    """Write model NAME's weights to FILE (safetensors): its checkpoint's, or the seeded
+    reference weights. Declare the file as the model's weights to load it back."""
+    from jobs.catalog import load_catalog
 
-    digest = export_checkpoint(name, profile or settings.model_profile, file, settings)
-    click.echo(f"{file}  sha256:{digest}")
+    catalog = load_catalog(settings)
+    if name not in catalog.models:
+        raise click.UsageError(f"unknown model {name!r}; the models file has "
+                               f"{', '.join(catalog.models)}")
+    family = catalog.family(name).load_worker()(catalog.models[name], settings)
+    if not hasattr(family, "export_weights"):
+        raise click.ClickException(f"the {catalog.family(name).name} family has no weights "
+                                   "to export")
+    digest = family.export_weights(file, profile)
+    click.echo(printable(f"{file}  sha256:{digest}"))
 
 
 def register(group: click.Group) -> None:

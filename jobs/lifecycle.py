@@ -36,6 +36,8 @@ class ClaimedJob:
     batch_key: str
     attempt: int
     max_attempts: int
+    model: str = ""
+    queue: str = ""
 
 
 @dataclass
@@ -126,7 +128,8 @@ def _move(session: Session, stmt: Any, from_status: JobStatus | None, to_status:
     return list(session.execute(select(moved).add_cte(logged)).all())
 
 
-_CLAIM_COLUMNS = (Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.max_attempts)
+_CLAIM_COLUMNS = (Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.max_attempts,
+                  Job.model, Job.queue)
 
 
 def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: float,
@@ -145,7 +148,7 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
     )
     rows = _move(session, stmt, JobStatus.QUEUED, JobStatus.RUNNING, "claimed", owner, now,
                  *_CLAIM_COLUMNS)
-    return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6]) for r in rows]
+    return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6], r[7], r[8]) for r in rows]
 
 
 def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
@@ -327,11 +330,11 @@ def release_owned(session: Session, owner_prefix: str, reason: str,
 
 def due_unpublished(session: Session, republish_after_s: float, limit: int,
                     now: datetime | None = None) -> list[tuple[str, str, str]]:
-    """Queued jobs that need a (new) message: (id, kind, batch_key), never published or long unclaimed."""
+    """Queued jobs that need a (new) message: (id, queue, batch_key), never published or long unclaimed."""
     now = now or utcnow()
     stale = now - timedelta(seconds=republish_after_s)
     stmt = (
-        select(Job.id, Job.kind, Job.batch_key)
+        select(Job.id, Job.queue, Job.batch_key)
         .where(Job.status == JobStatus.QUEUED,
                or_(Job.not_before.is_(None), Job.not_before <= now),
                or_(Job.published_at.is_(None), Job.published_at < stale))

@@ -4,11 +4,15 @@ A line is one job template. A scalar field given as a list sweeps over its
 values, ``{"range": [start, stop]}`` or ``{"range": [start, stop, step]}``
 sweeps a range (stop excluded), and ``count: N`` repeats the job with seeds
 ``seed, seed+1, ... seed+N-1``. Several sweeps on one line form their product.
+
+A line's parameters come from the family of its model (``jobs.catalog``). The cost of
+validation is bounded by what was sent: every job a manifest would make is counted (all lines,
+lines after an error, and line references, which multiply) before it is made, and expansion
+stops as soon as the total passes the limit.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import difflib
 import io
@@ -17,19 +21,22 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
-from jobs.kinds import COMMON_FIELDS, KINDS
+from jobs.kinds import COMMON_FIELDS
+from jobs.registry import GeneratedRef, Params, select_schema, storage_refs
 
 MAX_JOBS = 100_000
 MAX_LINE_BYTES = 64 * 1024
 MAX_PRIORITY = 1000
 MAX_ATTEMPTS = 20
+MAX_INT_DIGITS = 30  # JSON integers longer than this are refused before Python parses them
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class JobSpec:
 
 def parse_manifest(
     data: str | bytes, *, format: str = "jsonl", source: str = "manifest",
-    default_max_attempts: int = 3,
+    default_max_attempts: int = 3, catalog: Catalog | None = None,
 ) -> list[JobSpec]:
     """Parse and validate a whole manifest; raise ManifestError naming every bad line."""
     if isinstance(data, bytes):
@@ -60,7 +67,8 @@ def parse_manifest(
     if format not in ("jsonl", "csv"):
         raise ManifestError([LineError(1, "", f"unknown format {format!r}; use jsonl or csv")], source)
     records = _jsonl_records(data) if format == "jsonl" else _csv_records(data)
-    return validate_records(records, source=source, default_max_attempts=default_max_attempts)
+    return validate_records(records, source=source, default_max_attempts=default_max_attempts,
+                            catalog=catalog)
 
 
 def format_for(path: str) -> str:
@@ -68,35 +76,90 @@ def format_for(path: str) -> str:
     return "csv" if path.lower().endswith(".csv") else "jsonl"
 
 
+def default_catalog() -> Catalog:
+    from jobs.catalog import load_catalog
+    from jobs.settings import Settings
+
+    return load_catalog(Settings(_env_file=None))
+
+
 def validate_records(
     records: Iterable[tuple[int, Any, bool]], *, source: str = "manifest",
-    default_max_attempts: int = 3,
+    default_max_attempts: int = 3, catalog: Catalog | None = None,
 ) -> list[JobSpec]:
     """Validate (line, record, strict) triples; strict=False lets CSV text coerce to numbers."""
+    catalog = catalog or default_catalog()
     errors: list[LineError] = []
     specs: list[JobSpec] = []
-    by_line: dict[int, list[tuple[int, JobSpec]]] = {}
+    lines: dict[int, _Line] = {}
+    total = 0
     for line, record, strict in records:
         if isinstance(record, LineError):
             errors.append(record)
             continue
-        line_specs, line_errors = _expand_line(line, record, strict, default_max_attempts, by_line)
-        errors.extend(line_errors)
-        by_line[line] = [(len(specs) + i, spec) for i, spec in enumerate(line_specs)]
+        parsed = _Line(line, record, strict, default_max_attempts, catalog, lines)
+        lines[line] = parsed
+        total += parsed.size
+        if total > MAX_JOBS:
+            errors.append(LineError(line, "", f"the manifest would make at least {total} jobs "
+                                              f"(up to this line); the limit is {MAX_JOBS}"))
+            break
+        line_specs = parsed.expand(len(specs))
+        errors.extend(parsed.errors)
         if not errors:
             specs.extend(line_specs)
-        if len(specs) > MAX_JOBS:
-            errors.append(LineError(line, "", f"the manifest expands to more than {MAX_JOBS} jobs"))
-            break
     if not errors and not specs:
         errors.append(LineError(1, "", "the manifest has no jobs"))
     if errors:
-        raise ManifestError(errors, source)
+        raise ManifestError(list(dict.fromkeys(errors)), source)
     return specs
 
 
+# -- reading lines ------------------------------------------------------------------------------
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {_short(key)} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits; at most "
+                         f"{MAX_INT_DIGITS} are accepted")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
+
+
+def loads(text: str) -> Any:
+    """Strict JSON: no duplicate keys, no NaN or Infinity, no integers of absurd length."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int,
+                      parse_float=_finite_float, parse_constant=_no_constant)
+
+
+def _json_error(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {exc}"
+
+
 def _jsonl_records(text: str) -> Iterator[tuple[int, Any, bool]]:
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only: U+2028, form feeds and other separators may sit inside JSON strings.
+    for number, raw in enumerate(text.split("\n"), start=1):
         stripped = raw.strip()
         if not stripped:
             continue
@@ -104,18 +167,19 @@ def _jsonl_records(text: str) -> Iterator[tuple[int, Any, bool]]:
             yield number, LineError(number, "", f"line longer than {MAX_LINE_BYTES} bytes"), True
             continue
         try:
-            yield number, json.loads(stripped), True
-        except json.JSONDecodeError as exc:
-            yield number, LineError(number, "", f"invalid JSON: {exc.msg} at column {exc.colno}"), True
-        except RecursionError:
-            yield number, LineError(number, "", "invalid JSON: nested too deeply"), True
+            yield number, loads(stripped), True
+        except (ValueError, RecursionError) as exc:
+            yield number, LineError(number, "", _json_error(exc)), True
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, Any, bool]]:
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text), strict=True)
     try:
         header = next(reader)
-    except (StopIteration, csv.Error):
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield 1, LineError(1, "", f"bad CSV header: {exc}"), False
         return
     header = [h.strip() for h in header]
     for col, name in enumerate(header, start=1):
@@ -127,31 +191,265 @@ def _csv_records(text: str) -> Iterator[tuple[int, Any, bool]]:
         yield 1, LineError(1, "", f"the header repeats column(s) {', '.join(dup)}"), False
         return
     while True:
+        start = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, LineError(reader.line_num, "", f"bad CSV: {exc}"), False
+            hint = " (a quote opened here is never closed)" if "end of data" in str(exc) else ""
+            yield start, LineError(start, "", f"bad CSV: {exc}{hint}"), False
             return
-        number = reader.line_num
+        number = start
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             yield number, LineError(number, "", f"{len(row)} cells, the header has {len(header)}"), False
             continue
-        yield number, {k: _csv_cell(v) for k, v in zip(header, row, strict=True) if v.strip()}, False
+        try:
+            yield number, {k: _csv_cell(v) for k, v in zip(header, row, strict=True) if v.strip()}, False
+        except (ValueError, RecursionError) as exc:
+            yield number, LineError(number, "", _json_error(exc)), False
 
 
 def _csv_cell(cell: str) -> Any:
-    """A CSV cell: JSON where it parses as a list, object, number or boolean, else text."""
+    """A CSV cell: JSON where it is a list, object or boolean, else text (numbers coerce later)."""
     text = cell.strip()
     if text[:1] in "[{" or text in ("true", "false"):
         try:
-            return json.loads(text)
+            return loads(text)
         except json.JSONDecodeError:
             return text
     return text
+
+
+# -- one line -----------------------------------------------------------------------------------
+class _Line:
+    """One manifest line: checked, sized (before anything is expanded), then expanded."""
+
+    def __init__(self, line: int, record: Any, strict: bool, default_max_attempts: int,
+                 catalog: Catalog, earlier: dict[int, _Line]) -> None:
+        self.line, self.strict, self.catalog, self.earlier = line, strict, catalog, earlier
+        self.errors: list[LineError] = []
+        self.size = 0  # the jobs this line would make, counted even when it has errors
+        self.specs: list[JobSpec] = []
+        self.first = 0  # position of this line's first job in the manifest
+        self.schema: type[Params] | None = None
+        self.model = ""
+        self.kind = ""
+        self._prepare(record, default_max_attempts)
+
+    def _error(self, field: str, message: str) -> None:
+        self.errors.append(LineError(self.line, field, message))
+
+    def _prepare(self, record: Any, default_max_attempts: int) -> None:
+        if not isinstance(record, dict):
+            self._error("", f"expected a JSON object, got {_type_name(record)}")
+            return
+        nul = _find_nul(record)
+        if nul is not None:
+            self._error(nul, "contains a NUL character (\\u0000), which cannot be stored")
+            return
+        reg = self.catalog.registry
+        kind = record.get("kind")
+        if kind is None:
+            self._error("kind", f"missing; expected one of {', '.join(reg.kinds)}")
+            return
+        if not isinstance(kind, str) or kind not in reg.kinds:
+            self._error("kind", f"unknown kind {_short(kind)}; expected one of {', '.join(reg.kinds)}")
+            return
+        self.kind = kind
+        model = record.get("model", self.catalog.default_model(kind))
+        if not isinstance(model, str):
+            self._error("model", f"expected one model name, got {_short(model)}")
+            return
+        if model not in self.catalog.models:
+            known = ", ".join(self.catalog.serving(kind))
+            self._error("model", f"unknown model {_short(model)}; models for {kind} jobs: {known}")
+            return
+        family = self.catalog.family(model)
+        if kind not in family.kinds:
+            self._error("model", f"model {model} ({family.name}) does not serve {kind} jobs; "
+                                 f"models that do: {', '.join(self.catalog.serving(kind))}")
+            return
+        self.model, self.family = model, family
+        schema = select_schema(family.kinds[kind], record)
+        if isinstance(schema, str):
+            field, _, message = schema.partition(": ")
+            self._error(field, message)
+            return
+        self.schema = schema
+        self.priority = self._int_field(record, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
+        self.attempts = self._int_field(record, "max_attempts", default_max_attempts, 1,
+                                        MAX_ATTEMPTS)
+        count = self._int_field(record, "count", 1, 1, MAX_JOBS)
+        fields = schema.model_fields
+        template: dict[str, Any] = {"model": model}
+        for key, value in record.items():
+            if key in COMMON_FIELDS or key == "model":
+                continue
+            if key not in fields:
+                hint = difflib.get_close_matches(key, list(fields) + list(COMMON_FIELDS), n=1)
+                also = (f"; did you mean {hint[0]!r}?" if hint
+                        else f"; {kind} jobs of {family.name} take {', '.join(fields)}")
+                self._error(_short_key(key), "unknown field" + also)
+                continue
+            template[key] = value
+        if count > 1 and "seed" not in fields:
+            self._error("count", f"{kind} jobs of {family.name} have no seed to count from")
+            count = 1
+        seed = template.get("seed")
+        if count > 1 and not self.strict and isinstance(seed, str) and seed.strip().isdigit():
+            template["seed"] = int(seed.strip()) if len(seed.strip()) <= MAX_INT_DIGITS else seed
+        if count > 1 and (not isinstance(template.get("seed"), int)
+                          or isinstance(template.get("seed"), bool)):
+            self._error("seed", "count needs one integer seed to count from")
+            count = 1
+        self.count = count
+        self.axes: list[tuple[str, Sequence[Any]]] = []
+        self.bad_keys: set[str] = set()
+        for key, value in list(template.items()):
+            values = _sweep_values(value) if _sweepable(fields[key].annotation) else None
+            if isinstance(values, str):
+                self._error(key, values)
+                self.bad_keys.add(key)
+                del template[key]
+            elif values is not None:
+                self.axes.append((key, values))
+        self.template = template
+        self.refs = self._line_refs(template)
+        size = count
+        for _, values in self.axes:
+            size *= len(values)
+        for path, target in self.refs:
+            if path == "source":  # an edit of a line runs once per job of that line
+                size *= target.size
+        self.size = size
+
+    def _int_field(self, record: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+        value = record.get(name, default)
+        if not self.strict and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip()) if len(value.strip()) <= MAX_INT_DIGITS else value
+        if not isinstance(value, int) or isinstance(value, bool):
+            self._error(name, f"expected an integer, got {_short(value)}")
+            return default
+        if not lo <= value <= hi:
+            self._error(name, f"expected {lo} to {hi}, got {value}")
+            return default
+        return value
+
+    def _line_refs(self, template: dict[str, Any]) -> list[tuple[str, _Line]]:
+        """The {"line": N} references of this line: (params path, the line it names)."""
+        assert self.schema is not None
+        refs = []
+        for path, ref, _ref_type in storage_refs(template, self.schema):
+            if "line" not in ref:
+                continue
+            target_no = ref["line"]
+            if set(ref) != {"line"}:
+                continue  # the schema names what is wrong with it
+            target = (self.earlier.get(target_no) if isinstance(target_no, int)
+                      and not isinstance(target_no, bool) else None)
+            if target is None:
+                self._error(path, f"line {_short(target_no)} is not an earlier job line of this "
+                                  "manifest")
+            elif target.errors:
+                self._error(path, f"line {target_no} has errors")
+            elif self.family.generated_kind is None:
+                self._error(path, f"the {self.family.name} family does not recompute sources "
+                                  "from a line: reference a succeeded job or a stored key")
+            elif target.kind != self.family.generated_kind or target.model != self.model:
+                self._error(path, f"line {target_no} holds {target.kind} jobs of model "
+                                  f"{target.model}; a source line must hold "
+                                  f"{self.family.generated_kind} jobs of model {self.model}")
+            elif path != "source" and target.size != 1:
+                self._error(path, f"line {target_no} expands to {target.size} jobs; this "
+                                  "reference needs exactly one")
+            else:
+                refs.append((path, target))
+        return refs
+
+    def expand(self, first: int) -> list[JobSpec]:
+        """The line's jobs (none if it has errors); validation errors are added to ``errors``."""
+        self.first = first
+        if self.schema is None:
+            return []
+        schema, kind, template = self.schema, self.kind, self.template
+        family, catalog = self.family, self.catalog
+        queue = catalog.queue(kind, self.model)
+        keys = [key for key, _ in self.axes]
+        source = next((t for p, t in self.refs if p == "source"), None)
+        nested = [(p, t) for p, t in self.refs if p != "source"]
+        source_jobs: list[tuple[int, JobSpec] | None] = (
+            [(source.first + i, s) for i, s in enumerate(source.specs)] if source else [None])
+        fill_size = (source is not None and "width" in schema.model_fields
+                     and _ref_type(schema, "source") is GeneratedRef)
+        seen: set[tuple[str, str]] = set()
+        specs: list[JobSpec] = []
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            base = dict(template)
+            base.update(zip(keys, combo, strict=True))
+            for src in source_jobs:
+                params = dict(base)
+                if fill_size and src is not None:
+                    params.setdefault("width", src[1].params["width"])
+                    params.setdefault("height", src[1].params["height"])
+                for offset in range(self.count):
+                    if self.count > 1:
+                        params["seed"] = base["seed"] + offset
+                    try:
+                        clean = schema.model_validate(params, strict=self.strict).model_dump(
+                            mode="json", exclude_none=True)
+                    except ValidationError as exc:
+                        for err in exc.errors():
+                            field = ".".join(str(p) for p in err["loc"]) or ""
+                            msg = _pydantic_message(err)
+                            if field.split(".")[0] in self.bad_keys:
+                                continue
+                            if (field, msg) not in seen:
+                                seen.add((field, msg))
+                                self._error(field, msg)
+                        continue
+                    job_refs: list[tuple[str, int]] = []
+                    for path, (pos, spec) in (([("source", src)] if src else [])
+                                              + [(p, (t.first, t.specs[0])) for p, t in nested]):
+                        node = get_path(clean, path)
+                        node["params"] = spec.params  # recompute from the source's own params
+                        job_refs.append((path, pos))
+                    specs.append(JobSpec(kind, clean, family.batch_key(kind, clean), queue,
+                                         self.priority, self.attempts, self.line, tuple(job_refs)))
+        if self.errors:
+            return []
+        self.specs = specs
+        return specs
+
+
+def _ref_type(schema: type[Params], field: str) -> Any:
+    info = schema.model_fields.get(field)
+    if info is None:
+        return None
+    args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+    return args[0] if args else info.annotation
+
+
+def _find_nul(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) holding a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return _short_key(sub)
+            found = _find_nul(item, sub)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_nul(item, f"{path}.{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def _sweepable(annotation: Any) -> bool:
@@ -164,146 +462,6 @@ def _sweepable(annotation: Any) -> bool:
     return annotation in (int, float, str, bool)
 
 
-def _line_refs(line: int, record: dict[str, Any], by_line: dict[int, list[tuple[int, JobSpec]]],
-               errors: list[LineError]) -> list[tuple[str, list[tuple[int, JobSpec]]]]:
-    """The {"line": N} references of a record: (params path, the jobs of line N)."""
-    found: list[tuple[str, Any]] = []
-    if isinstance(record.get("source"), dict):
-        found.append(("source", record["source"]))
-    for i, op in enumerate(record.get("ops") or [] if isinstance(record.get("ops"), list) else []):
-        if isinstance(op, dict) and isinstance(op.get("color_transfer"), dict):
-            found.append((f"ops.{i}.color_transfer", op["color_transfer"]))
-    refs = []
-    for path, ref in found:
-        if "line" not in ref:
-            continue
-        if set(ref) != {"line"}:
-            errors.append(LineError(line, path, "give exactly one of line, job or key"))
-            continue
-        target = ref["line"]
-        jobs = by_line.get(target) if isinstance(target, int) and not isinstance(target, bool) else None
-        if jobs is None:
-            errors.append(LineError(line, path, f"line {target!r} is not an earlier job line of "
-                                                "this manifest"))
-        elif not jobs:
-            errors.append(LineError(line, path, f"line {target} has errors"))
-        elif any(spec.kind != "generate" for _, spec in jobs):
-            errors.append(LineError(line, path, f"line {target} holds {jobs[0][1].kind} jobs; "
-                                                "a source line must hold generate jobs"))
-        elif path != "source" and len(jobs) != 1:
-            errors.append(LineError(line, path, f"line {target} expands to {len(jobs)} jobs; "
-                                                "this reference needs exactly one"))
-        else:
-            refs.append((path, jobs))
-    return refs
-
-
-def _set_path(params: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    node: Any = params
-    for part in parents:
-        node = node[int(part)] if part.isdigit() else node[part]
-    node[last] = value
-
-
-def _expand_line(
-    line: int, record: Any, strict: bool, default_max_attempts: int,
-    by_line: dict[int, list[tuple[int, JobSpec]]],
-) -> tuple[list[JobSpec], list[LineError]]:
-    if not isinstance(record, dict):
-        return [], [LineError(line, "", f"expected a JSON object, got {_type_name(record)}")]
-    kind_name = record.get("kind")
-    if kind_name is None:
-        return [], [LineError(line, "kind", f"missing; expected one of {', '.join(KINDS)}")]
-    if not isinstance(kind_name, str) or kind_name not in KINDS:
-        return [], [LineError(line, "kind", f"unknown kind {_short(kind_name)}; expected one of {', '.join(KINDS)}")]
-    kind = KINDS[kind_name]
-    schema = kind.schema_for(record)
-    if isinstance(schema, str):
-        field, _, message = schema.partition(": ")
-        return [], [LineError(line, field, message)]
-    errors: list[LineError] = []
-
-    priority = _int_field(record, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY, line, errors)
-    attempts = _int_field(record, "max_attempts", default_max_attempts, 1, MAX_ATTEMPTS, line, errors)
-    count = _int_field(record, "count", 1, 1, MAX_JOBS, line, errors)
-
-    fields = schema.model_fields
-    template: dict[str, Any] = {}
-    for key, value in record.items():
-        if key in COMMON_FIELDS:
-            continue
-        if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields) + list(COMMON_FIELDS), n=1)
-            also = f"; did you mean {hint[0]!r}?" if hint else f"; {kind_name} takes {', '.join(fields)}"
-            errors.append(LineError(line, _short_key(key), "unknown field" + also))
-            continue
-        template[key] = value
-    if count > 1 and "seed" not in fields:
-        errors.append(LineError(line, "count", f"{kind_name} jobs have no seed to count from"))
-        count = 1
-
-    axes: list[tuple[str, list[Any]]] = []
-    bad_keys: set[str] = set()
-    for key, value in list(template.items()):
-        values = _sweep_values(value) if _sweepable(fields[key].annotation) else None
-        if isinstance(values, str):
-            errors.append(LineError(line, key, values))
-            bad_keys.add(key)
-            del template[key]
-        elif values is not None:
-            axes.append((key, values))
-    size = count
-    for _, values in axes:
-        size *= len(values)
-    if size > MAX_JOBS:
-        return [], [LineError(line, "", f"this line expands to {size} jobs; the limit is {MAX_JOBS}")]
-
-    refs = _line_refs(line, template, by_line, errors)
-    # the jobs of a {"line": N} source: the edit runs once per job of that line
-    source_axis: list[tuple[int, JobSpec] | None] = list(
-        next((jobs for path, jobs in refs if path == "source"), [None]))
-    nested = [(path, jobs[0]) for path, jobs in refs if path != "source"]
-
-    specs: list[JobSpec] = []
-    seen: set[tuple[str, str]] = set()
-    for combo, source in itertools.product(
-            itertools.product(*(values for _, values in axes)), source_axis):
-        base = copy.deepcopy(template)
-        base.update({key: v for (key, _), v in zip(axes, combo, strict=True)})
-        job_refs: list[tuple[str, int]] = []
-        for path, (pos, spec) in ([("source", source)] if source else []) + nested:
-            _set_path(base, path, {"line": get_path(record, path)["line"], "params": spec.params})
-            job_refs.append((path, pos))
-        if source and kind_name == "edit" and base.get("op") != "image":
-            base.setdefault("width", source[1].params["width"])
-            base.setdefault("height", source[1].params["height"])
-        for offset in range(count):
-            params = dict(base)
-            if count > 1:
-                seed = params.get("seed")
-                if not isinstance(seed, int) or isinstance(seed, bool):
-                    errors.append(LineError(line, "seed", "count needs an integer seed to count from"))
-                    return [], _dedupe(errors)
-                params["seed"] = seed + offset
-            try:
-                model = schema.model_validate(params, strict=strict)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    field = ".".join(str(p) for p in err["loc"]) or ""
-                    msg = _pydantic_message(err)
-                    if field in bad_keys:
-                        continue
-                    if (field, msg) not in seen:
-                        seen.add((field, msg))
-                        errors.append(LineError(line, field, msg))
-                continue
-            clean = model.model_dump(mode="json", exclude_none=True)
-            specs.append(JobSpec(kind_name, clean, kind.batch_key(clean), kind.queue,
-                                 priority, attempts, line, tuple(job_refs)))
-    return (specs, []) if not errors else ([], _dedupe(errors))
-
-
 def get_path(params: Any, path: str) -> Any:
     """The node at a dotted path such as ``ops.2.color_transfer`` (list indexes are numbers)."""
     for part in path.split("."):
@@ -311,8 +469,29 @@ def get_path(params: Any, path: str) -> Any:
     return params
 
 
-def _sweep_values(value: Any) -> list[Any] | str | None:
-    """The values a sweep stands for, None for a plain value, or an error message."""
+class _FloatRange(Sequence[float]):
+    """start, start + step, ... (n values), made one at a time: a sweep is sized before it is made."""
+
+    def __init__(self, start: float, step: float, n: int) -> None:
+        self.start, self.step, self.n = start, step, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @typing.overload
+    def __getitem__(self, i: int) -> float: ...
+    @typing.overload
+    def __getitem__(self, i: slice) -> Sequence[float]: ...
+    def __getitem__(self, i: int | slice) -> float | Sequence[float]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return round(self.start + (i % self.n) * self.step, 10)
+
+
+def _sweep_values(value: Any) -> Sequence[Any] | str | None:
+    """The values a sweep stands for (lazily), None for a plain value, or an error message."""
     if isinstance(value, list):
         if not value:
             return "an empty list sweeps over nothing"
@@ -329,30 +508,18 @@ def _sweep_values(value: Any) -> list[Any] | str | None:
             return "range takes [start, stop] or [start, stop, step] finite numbers"
         start, stop = bounds[0], bounds[1]
         step = bounds[2] if len(bounds) == 3 else 1
-        if step == 0 or (stop - start) / step <= 0:
+        try:
+            span = (stop - start) / step if step else 0.0
+        except OverflowError:
+            span = math.inf
+        if step == 0 or span <= 0:
             return f"range {bounds} is empty"
-        span = (stop - start) / step
-        if not span < MAX_JOBS:
+        if not span <= MAX_JOBS:
             return f"range {bounds} has more than {MAX_JOBS} values"
-        n = math.ceil(span - 1e-9)
         if all(isinstance(b, int) for b in (start, stop, step)):
-            return list(range(start, stop, step))
-        return [round(start + i * step, 10) for i in range(n)]
+            return range(start, stop, step)
+        return _FloatRange(start, step, math.ceil(span - 1e-9))
     return None
-
-
-def _int_field(record: dict[str, Any], name: str, default: int, lo: int, hi: int,
-               line: int, errors: list[LineError]) -> int:
-    value = record.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        errors.append(LineError(line, name, f"expected an integer, got {_short(value)}"))
-        return default
-    if not lo <= value <= hi:
-        errors.append(LineError(line, name, f"expected {lo} to {hi}, got {value}"))
-        return default
-    return value
 
 
 def _pydantic_message(err: Any) -> str:
@@ -362,7 +529,8 @@ def _pydantic_message(err: Any) -> str:
     if err["type"] == "missing":
         return "missing; this field is required"
     if err["type"] == "extra_forbidden":
-        return "unknown field"
+        return "unknown field (genfarm fills it in itself)" if err["loc"][-1] in (
+            "params", "sha256") else "unknown field"
     msg = msg[0].lower() + msg[1:] if msg else msg
     if not err.get("loc") or err["type"] == "value_error":  # about the whole line: no echo
         return msg
@@ -370,7 +538,10 @@ def _pydantic_message(err: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else json.dumps(value)
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -381,7 +552,3 @@ def _short_key(key: str) -> str:
 def _type_name(value: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number",
             bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _dedupe(errors: list[LineError]) -> list[LineError]:
-    return list(dict.fromkeys(errors))

@@ -88,6 +88,8 @@ class Job(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"))
     index: Mapped[int] = mapped_column(Integer)  # position in the expanded manifest
     kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(64), server_default="")  # a name of the models file
+    queue: Mapped[str] = mapped_column(String(128), server_default="")  # where its units travel
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     batch_key: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
@@ -132,6 +134,18 @@ class JobEvent(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(String(255), default="")
     worker: Mapped[str | None] = mapped_column(String(128))
+
+
+class Worker(Base):
+    """A running worker and the models it serves, as it last said (it says so every
+    reconciler pass, and forgets itself when it stops)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    models: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column()
+    seen_at: Mapped[datetime] = mapped_column()
 
 
 class ApiToken(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,8 +47,27 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest API request body.")
     api_rate_per_minute: float = Field(600.0, gt=0, description="API requests a minute per token.")
     api_rate_burst: int = Field(60, ge=1, description="API requests a token may make at once.")
+    api_public_url: str | None = Field(
+        None, description="Base URL clients reach the API at (e.g. https://farm.example.com): "
+        "download URLs of outputs on local storage start with it. Unset: they are paths relative "
+        "to the API. Never taken from a request's Host header.")
+    api_trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or CIDR ranges of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto headers are believed (the client address for rate "
+        "limits then comes from them). Empty (default): forwarded headers are ignored.")
+    api_admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the farm's operators, or its sha256 as "
+        "'sha256:HEX': it reads /metrics (figures across every project) and the detailed "
+        "/healthz (each check, whose errors may name internal hosts). Unset: /metrics is refused "
+        "and /healthz only says whether the farm is ok.")
+    db_connect_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds to wait for a PostgreSQL connection before "
+        "giving up (the API then answers 503).")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(None, description="Flower basic-auth password (required).")
+    models_file: Path | None = Field(
+        None, description="TOML file declaring named models (family, weights, sha256, options); "
+        "the built-in aether and noop are always there.")
     model_profile: str = Field("default", description="Generator size profile (tiny, default).")
     checkpoint: str | None = Field(
         None, description="Safetensors checkpoint for the generator: a path, file:// or s3:// URL.")

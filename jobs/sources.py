@@ -1,100 +1,158 @@
-"""Resolving where edits and videos start, at submission: a finished job of the same project,
-or an object in storage. Every problem is a manifest error on the line that named it."""
+"""Resolving storage references at submission: every field typed ``SourceRef`` (an edit's
+source, a mask, a colour reference, a video's audio, any field a family adds) resolves inside the
+caller's project, here and nowhere else. A refusal reads the same whether or not an object of that
+name exists in another project: nothing outside the project is ever looked up."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
-from jobs.kinds import KINDS
-from jobs.manifest import JobSpec, get_path
+from jobs.manifest import JobSpec
 from jobs.models import Batch, Job, Output
+from jobs.registry import (
+    AudioRef,
+    GeneratedRef,
+    SourceRef,
+    has_refs,
+    select_schema,
+    storage_refs,
+)
 
 AUDIO_MAGIC = (b"RIFF", b"ID3", b"OggS", b"fLaC", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
 
 
 class Objects(Protocol):
-    prefix: str
+    @property
+    def prefix(self) -> str: ...
 
     def exists(self, key: str) -> bool: ...
     def get(self, key: str, sha256: str | None = None) -> bytes: ...
 
 
-def _refs(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for name in ("source", "audio"):
-        if isinstance(params.get(name), dict):
-            found.append((name, params[name]))
-    for i, op in enumerate(params.get("ops") or []):
-        if isinstance(op.get("color_transfer"), dict):
-            found.append((f"ops.{i}.color_transfer", op["color_transfer"]))
-    return found
+def project_keys(prefix: str, project: str, key: str) -> list[str]:
+    """The full storage keys a user's key may mean, all inside ``project``: relative to the
+    project's folder (``in/plate.png``, ``BATCH/JOB/image.png``), or the key of one of its
+    objects as genfarm shows them (``[prefix/]project/...``). Raises ValueError for keys that would leave it (``..``, empty
+    parts, control characters)."""
+    from storage.keys import join
+
+    keys = [join(prefix, project, *key.strip("/").split("/"))]
+    for root in (join(prefix, project) + "/", f"{project}/"):  # a full key, or one without prefix
+        if key.startswith(root):
+            keys.insert(0, join(prefix, project, *key[len(root):].split("/")))
+    return list(dict.fromkeys(keys))
 
 
-def resolve_sources(specs: list[JobSpec], session: Session, project: str,
-                    objects: Objects) -> list[JobSpec]:
-    """Fill in the params and keys of ``job`` and ``key`` references; raise naming bad lines."""
+def resolve_sources(specs: list[JobSpec], session: Session, project: str, objects: Objects,
+                    catalog: Catalog, source: str = "manifest") -> list[JobSpec]:
+    """Fill in the keys and params of ``job`` and ``key`` references; raise naming bad lines."""
     errors: list[LineError] = []
-    out = []
+    out: list[JobSpec] = []
+    resolver = _Resolver(session, project, objects)
     for spec in specs:
-        refs = [(path, ref) for path, ref in _refs(spec.params) if "line" not in ref]
+        family = catalog.family(spec.params["model"])
+        schema = select_schema(family.kinds[spec.kind], spec.params)
+        assert not isinstance(schema, str)  # validated already
+        if not has_refs(schema):
+            out.append(spec)
+            continue
+        refs = [r for r in storage_refs(spec.params, schema) if "line" not in r[1]]
         if not refs:
             out.append(spec)
             continue
-        params = copy.deepcopy(spec.params)
-        for path, _ in refs:
-            node = get_path(params, path)
-            problem = (_resolve_job(session, project, node, spec.params) if node.get("job")
-                       else _resolve_key(objects, node, audio=path == "audio"))
+        params = dict(spec.params)
+        for path, _, ref_type in refs:
+            node = _own_path(params, path)
+            problem = resolver.resolve(node, ref_type, spec.params["model"],
+                                       family.generated_kind)
             if problem:
                 errors.append(LineError(spec.line, path, problem))
-        if spec.kind == "edit" and params.get("op") != "image" and "params" in params["source"]:
-            params.setdefault("width", params["source"]["params"].get("width"))
-            params.setdefault("height", params["source"]["params"].get("height"))
+            elif (path == "source" and issubclass(ref_type, GeneratedRef)
+                  and "width" in schema.model_fields and "params" in node):
+                params.setdefault("width", node["params"].get("width"))
+                params.setdefault("height", node["params"].get("height"))
         out.append(dataclasses.replace(spec, params=params,
-                                       batch_key=KINDS[spec.kind].batch_key(params)))
+                                       batch_key=family.batch_key(spec.kind, params)))
     if errors:
-        raise ManifestError(list(dict.fromkeys(errors)), "manifest")
+        raise ManifestError(list(dict.fromkeys(errors)), source)
     return out
 
 
-def _resolve_job(session: Session, project: str, node: dict[str, Any],
-                 params: dict[str, Any]) -> str | None:
-    row = session.execute(select(Job).join(Batch, Batch.id == Job.batch_id)
-                          .where(Job.id == node["job"], Batch.project == project)).scalar()
-    if row is None:
-        return f"source job {node['job']} does not exist in this project"
-    if row.status != "succeeded":
-        return f"source job {node['job']} has not succeeded (it is {row.status})"
-    image = session.scalar(select(Output).where(Output.job_id == row.id, Output.name == "image.png"))
-    if row.kind == "generate":
-        node["params"] = row.params
-    elif params.get("op") != "image" and node is params.get("source"):
-        return f"source job {node['job']} is a {row.kind} job; latent edits need a generate job"
-    if image is not None:
-        node["key"], node["sha256"] = image.key, image.sha256
-    elif "params" not in node:
-        return f"source job {node['job']} has no image output"
-    return None
+def _own_path(params: dict[str, Any], path: str) -> dict[str, Any]:
+    """The node at ``path``, with every container on the way copied (specs share templates)."""
+    node: Any = params
+    parts = path.split(".")
+    for part in parts:
+        key: Any = int(part) if part.isdigit() else part
+        child = node[key]
+        child = dict(child) if isinstance(child, dict) else list(child)
+        node[key] = child
+        node = child
+    return node
 
 
-def _resolve_key(objects: Objects, node: dict[str, Any], audio: bool) -> str | None:
-    from storage.keys import join
+class _Resolver:
+    """Resolves references with one lookup per distinct reference."""
 
-    try:
-        key = join(objects.prefix, *node["key"].strip("/").split("/"))
-    except ValueError as exc:
-        return str(exc)
-    if not objects.exists(key):
-        return f"no object {node['key']!r} in storage"
-    if audio:
-        head = objects.get(key)[:12]
-        if not (head.startswith(AUDIO_MAGIC) or head[4:8] == b"ftyp"):
-            return f"{node['key']!r} is not an audio file (WAV, MP3, Ogg, FLAC or M4A)"
-    node["key"] = key
-    return None
+    def __init__(self, session: Session, project: str, objects: Objects) -> None:
+        self.session, self.project, self.objects = session, project, objects
+        self.cache: dict[tuple[Any, ...], tuple[dict[str, Any], str | None]] = {}
+
+    def resolve(self, node: dict[str, Any], ref_type: type[SourceRef], model: str,
+                generated: str | None) -> str | None:
+        ident = ("job", node["job"], ref_type, model) if node.get("job") else (
+            "key", node.get("key"), ref_type)
+        if ident not in self.cache:
+            found: dict[str, Any] = {}
+            problem = (self._job(node["job"], ref_type, model, generated, found) if node.get("job")
+                       else self._key(str(node.get("key")), ref_type, found))
+            self.cache[ident] = (found, problem)
+        found, problem = self.cache[ident]
+        node.update(found)
+        return problem
+
+    def _job(self, job_id: str, ref_type: type[SourceRef], model: str, generated: str | None,
+             found: dict[str, Any]) -> str | None:
+        row = self.session.execute(
+            select(Job).join(Batch, Batch.id == Job.batch_id)
+            .where(Job.id == job_id, Batch.project == self.project)).scalar()
+        if row is None:
+            return f"source job {job_id} does not exist in this project"
+        if row.status != "succeeded":
+            return f"source job {job_id} has not succeeded (it is {row.status})"
+        if issubclass(ref_type, GeneratedRef):
+            if generated is None or row.kind != generated or row.model != model:
+                return (f"source job {job_id} is a {row.kind} job of model {row.model}; this "
+                        f"edits a generated object, so it needs a {generated} job of model "
+                        f"{model}" if generated else f"model {model} edits no generated objects")
+            found["params"] = row.params
+        image = self.session.scalar(
+            select(Output).where(Output.job_id == row.id, Output.content_type.like("image/%"))
+            .order_by(Output.name))
+        if image is not None:
+            found["key"], found["sha256"] = image.key, image.sha256
+        elif "params" not in found:
+            return f"source job {job_id} has no image output"
+        return None
+
+    def _key(self, key: str, ref_type: type[SourceRef], found: dict[str, Any]) -> str | None:
+        missing = f"no object {key!r} in this project's storage"
+        try:
+            candidates = project_keys(self.objects.prefix, self.project, key)
+        except ValueError:
+            return missing
+        full = next((k for k in candidates if self.objects.exists(k)), None)
+        if full is None:
+            return missing
+        if issubclass(ref_type, AudioRef):
+            head = self.objects.get(full)[:12]
+            if not (head.startswith(AUDIO_MAGIC) or head[4:8] == b"ftyp"):
+                return f"{key!r} is not an audio file (WAV, MP3, Ogg, FLAC or M4A)"
+        found["key"] = full
+        return None

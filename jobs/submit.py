@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
 from jobs.batches import reopen
+from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
-from jobs.kinds import KINDS
 from jobs.lifecycle import due_unpublished, insert_rows, mark_published
-from jobs.manifest import JobSpec, get_path
+from jobs.manifest import JobSpec, parse_manifest, validate_records
 from jobs.models import Batch, Job, Project, utcnow
 
-PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class InvalidProject(GenfarmError, ValueError):
 
 
 def check_project(name: str) -> str:
-    if not PROJECT_RE.match(name or ""):
+    if not isinstance(name, str) or not PROJECT_RE.fullmatch(name):
         raise InvalidProject(
             f"project {name!r}: expected 1-63 characters of a-z, 0-9, '-' and '_', "
             "starting with a letter or digit")
@@ -84,6 +84,7 @@ def submit(
     check_project(project)
     if not specs:
         raise GenfarmError("a batch needs at least one job")
+    source = "".join(ch if ch.isprintable() else "?" for ch in source)[:255]
     batch_id = new_id()
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -92,12 +93,12 @@ def submit(
     for index, (job_id, spec) in enumerate(zip(ids, specs, strict=True)):
         params = spec.params
         if spec.refs:  # {"line": N} references: name the referenced job by its id
-            params = copy.deepcopy(params)
+            params = copy.copy(params)
             for path, position in spec.refs:
-                get_path(params, path)["job"] = ids[position]
+                _own(params, path)["job"] = ids[position]
         rows.append({
             "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
-            "params": params, "batch_key": spec.batch_key, "status": "queued",
+            "model": params.get("model", ""), "queue": spec.queue, "params": params, "batch_key": spec.batch_key, "status": "queued",
             "priority": spec.priority, "attempt": 0, "max_attempts": spec.max_attempts,
             "created_at": now, "device_seconds": 0.0,
         })
@@ -118,6 +119,82 @@ def submit(
     return SubmitResult(batch_id, len(rows), units, True)
 
 
+def _own(params: dict[str, Any], path: str) -> dict[str, Any]:
+    """The node at ``path`` with each container on the way copied: specs share their templates."""
+    node: Any = params
+    for part in path.split("."):
+        key: Any = int(part) if part.isdigit() else part
+        node[key] = child = copy.copy(node[key])
+        node = child
+    return node
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """The one submission path (parse, resolve, insert, publish) that the CLI, the API and the
+    demo all call, with what it needs made once by the caller."""
+
+    sessions: sessionmaker[Session]
+    publish: Publisher
+    catalog: Catalog
+    objects: Callable[[], Any]  # the storage, opened only when a manifest references it
+    unit_size: int = 64
+    default_max_attempts: int = 3
+
+    def parse(self, data: str | bytes, *, format: str = "jsonl",
+              source: str = "manifest") -> list[JobSpec]:
+        return parse_manifest(data, format=format, source=source,
+                              default_max_attempts=self.default_max_attempts, catalog=self.catalog)
+
+    def validate(self, jobs: Sequence[Any], *, source: str = "jobs") -> list[JobSpec]:
+        """JSON objects (the API's body) as manifest lines 1, 2, ..."""
+        return validate_records(((i, job, True) for i, job in enumerate(jobs, 1)), source=source,
+                                default_max_attempts=self.default_max_attempts,
+                                catalog=self.catalog)
+
+    def resolve(self, project: str, specs: list[JobSpec], source: str) -> list[JobSpec]:
+        """Check and fill in sources given by job id or storage key, inside ``project``."""
+        from jobs.sources import resolve_sources
+
+        check_project(project)
+        with self.sessions() as session:
+            return resolve_sources(specs, session, project, _Lazy(self.objects), self.catalog,
+                                   source)
+
+    def submit(self, project: str, specs: list[JobSpec], *, source: str = "") -> SubmitResult:
+        specs = self.resolve(project, specs, source or "manifest")
+        return submit(self.sessions, project, specs, self.publish, unit_size=self.unit_size,
+                      source=source)
+
+    def submit_manifest(self, project: str, data: str | bytes, *, format: str = "jsonl",
+                        source: str = "manifest") -> SubmitResult:
+        check_project(project)
+        return self.submit(project, self.parse(data, format=format, source=source),
+                           source=source)
+
+
+class _Lazy:
+    """Storage opened on first use: most manifests reference nothing in it."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory, self.store = factory, None
+
+    def _get(self) -> Any:
+        if self.store is None:
+            self.store = self.factory()
+        return self.store
+
+    @property
+    def prefix(self) -> str:
+        return str(self._get().prefix)
+
+    def exists(self, key: str) -> bool:
+        return bool(self._get().exists(key))
+
+    def get(self, key: str, sha256: str | None = None) -> bytes:
+        return bytes(self._get().get(key, sha256=sha256))
+
+
 def publish_jobs(sessions: sessionmaker[Session], publish: Publisher,
                  jobs: Sequence[tuple[str, str, str]], unit_size: int) -> None:
     """Publish (id, queue, batch_key) jobs as work units, then mark them published."""
@@ -132,8 +209,7 @@ def publish_due(sessions: sessionmaker[Session], publish: Publisher, *, unit_siz
     with sessions() as session:
         due = due_unpublished(session, republish_after_s, limit)
     if due:
-        publish_jobs(sessions, publish, [(j, KINDS[kind].queue, key) for j, kind, key in due],
-                     unit_size)
+        publish_jobs(sessions, publish, due, unit_size)
     return len(due)
 
 

@@ -6,12 +6,12 @@ import re
 
 from storage.errors import BadKey
 
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def safe_part(part: str) -> str:
     """One path segment from user or system input: refused unless plainly safe."""
-    if not isinstance(part, str) or not _PART.match(part) or ".." in part:
+    if not isinstance(part, str) or not _PART.fullmatch(part) or ".." in part:
         raise BadKey(f"unsafe key part {part!r}: expected letters, digits, '.', '_' or '-'")
     return part
 

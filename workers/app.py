@@ -15,14 +15,20 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 
-from jobs.kinds import KINDS
 from jobs.settings import Settings
 from jobs.submit import WorkUnit
 
 log = logging.getLogger("genfarm.worker")
 
 RUN_UNIT = "genfarm.run_unit"
-QUEUES = sorted({k.queue for k in KINDS.values()})
+
+
+def farm_queues(settings: Settings, models: Sequence[str] | None = None) -> list[str]:
+    """The Celery queues of ``models`` (default: every model of the models file): one per model,
+    and one beside it for its long jobs."""
+    from jobs.catalog import load_catalog
+
+    return load_catalog(settings).queues(list(models) if models else None)
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -40,8 +46,9 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def make_app(settings: Settings) -> Celery:
-    """A Celery app bound to ``settings``; tasks find their per-process runtime through it."""
+def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
+    """A Celery app bound to ``settings``; tasks find their per-process runtime through it.
+    ``models``: what a worker of this app serves (it announces them), default every model."""
     app = Celery("genfarm", broker=settings.resolved_broker_url(), set_as_current=False)
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
@@ -49,7 +56,7 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_send_task_events=True, task_send_sent_event=True,  # for Flower
         broker_connection_retry_on_startup=True, broker_connection_max_retries=None,
-        task_default_queue=QUEUES[0], task_create_missing_queues=True,
+        task_default_queue="genfarm", task_create_missing_queues=True,
         broker_transport_options=broker_options(settings),
         worker_hijack_root_logger=False,
     )
@@ -57,6 +64,7 @@ def make_app(settings: Settings) -> Celery:
         app.conf.task_soft_time_limit = settings.unit_time_limit
         app.conf.task_time_limit = settings.unit_time_limit + 60
     app.genfarm_settings = settings
+    app.genfarm_models = list(models) if models else None
     # Made here, in the worker's main process, and inherited by its forked pool processes:
     # set on warm shutdown, so runners hand unstarted jobs back at their next boundary.
     draining = multiprocessing.get_context("fork").Event()
@@ -91,6 +99,22 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
+def make_submitter(settings: Settings, app: Celery | None = None) -> Any:
+    """The one submission path (``jobs.submit.Submitter``) wired to ``settings``: the database,
+    the models file, the broker, and the storage (opened only when a manifest references it)."""
+    from jobs.catalog import load_catalog
+    from jobs.db import make_engine, session_factory
+    from jobs.submit import Submitter
+    from storage import open_storage
+
+    return Submitter(
+        sessions=session_factory(make_engine(settings.resolved_database_url())),
+        publish=publisher(app or make_app(settings)), catalog=load_catalog(settings),
+        objects=lambda: open_storage(settings.resolved_storage_url(),
+                                     endpoint_url=settings.s3_endpoint_url),
+        unit_size=settings.unit_size, default_max_attempts=settings.max_attempts)
+
+
 def publisher(app: Celery):  # type: ignore[no-untyped-def]
     """A function that publishes work units on ``app``'s broker over one connection."""
 
@@ -116,14 +140,29 @@ class ReconcilerStep(bootsteps.StartStopStep):
         self.reconciler: Any = None
 
     def start(self, worker: Any) -> None:
+        from jobs.catalog import load_catalog
         from workers.reconciler import Reconciler
 
         settings: Settings = worker.app.genfarm_settings
+        self.name = worker.hostname
+        self.models = worker.app.genfarm_models or list(load_catalog(settings).models)
         self.reconciler = Reconciler(settings, publisher(worker.app))
+        self._announce()
         self.tref = worker.timer.call_repeatedly(settings.reconcile_interval, self._tick,
                                                  priority=10)
 
+    def _announce(self) -> None:
+        from jobs.presence import announce
+
+        assert self.reconciler is not None
+        try:
+            with self.reconciler.sessions.begin() as session:
+                announce(session, self.name, self.models)
+        except Exception:  # noqa: BLE001 - said again at the next pass
+            log.warning("could not announce this worker's models", exc_info=True)
+
     def _tick(self) -> None:
+        self._announce()
         try:
             assert self.reconciler is not None
             self.reconciler.run_once()
@@ -131,9 +170,16 @@ class ReconcilerStep(bootsteps.StartStopStep):
             log.warning("reconciler pass failed", exc_info=True)
 
     def stop(self, worker: Any) -> None:
+        from jobs.presence import forget
+
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
         if self.reconciler is not None:
+            try:
+                with self.reconciler.sessions.begin() as session:
+                    forget(session, self.name)
+            except Exception:  # noqa: BLE001 - it goes stale and is ignored
+                log.warning("could not remove this worker from the workers table", exc_info=True)
             self.reconciler.close()
             self.reconciler = None

@@ -23,9 +23,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from jobs import lifecycle
 from jobs.batches import finalize_if_done
+from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
-from jobs.errors import PipelineError
-from jobs.kinds import KINDS
+from jobs.errors import GenfarmError, PipelineError
 from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
 from jobs.settings import Settings
@@ -33,18 +33,21 @@ from jobs.states import JobStatus
 from jobs.submit import Publisher, publish_jobs
 from storage import open_storage
 from storage.errors import StorageUnavailable
-from workers.pipelines import Pipeline, make_pipeline
-from workers.pipelines.base import Artifact
+from workers.family import Artifact, Family, JobContext, JobFailed
 
 log = logging.getLogger("genfarm.worker")
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+    """Host or device memory ran out (torch's OutOfMemoryError, by class, on any backend)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth another attempt: storage, network, database connection, out of memory."""
+    """Errors worth another attempt: a family's Retry, storage, network, database connection,
+    out of memory. A family's PermanentError, and anything else, is not."""
+    if isinstance(exc, JobFailed):
+        return exc.retryable
     if isinstance(exc, (StorageUnavailable, ConnectionError, TimeoutError, OperationalError,
                         PoolTimeout)):
         return True
@@ -94,7 +97,8 @@ class Runtime:
                                     endpoint_url=settings.s3_endpoint_url,
                                     max_connections=settings.upload_threads + 4)
         self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
-        self.pipelines: dict[str, Pipeline] = {}
+        self.catalog: Catalog = load_catalog(settings)
+        self.families: dict[str, Family] = {}
         self._device: str | None = None
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
 
@@ -104,13 +108,18 @@ class Runtime:
             self._device = pick_device(self.settings)
         return self._device
 
-    def pipeline(self, kind: str) -> Pipeline:
-        pipe = self.pipelines.get(kind)
-        if pipe is None:
-            pipe = make_pipeline(kind, self.settings)
-            pipe.setup(self.device if kind != "noop" else "cpu")
-            self.pipelines[kind] = pipe
-        return pipe
+    def family(self, model: str) -> Family:
+        """The worker side of ``model``, set up on this process's device on first use."""
+        fam = self.families.get(model)
+        if fam is None:
+            if model not in self.catalog.models:
+                raise PipelineError(f"model {model!r} is not in this worker's models file")
+            spec = self.catalog.family(model)
+            fam = spec.load_worker()(self.catalog.models[model], self.settings)
+            device = self.device if spec.uses_device else "cpu"
+            fam.setup(device, default_dtype(self.settings, device))
+            self.families[model] = fam
+        return fam
 
     def close(self) -> None:
         self.uploads.shutdown(wait=True)
@@ -193,10 +202,9 @@ class Runtime:
         """One forward pass. A pass that fails is split in halves and each half retried, so a
         poison job ends up failing alone; out of memory also lowers the size that fits."""
         try:
-            pipe = self.pipeline(chunk[0].kind)
+            fam = self.family(chunk[0].model or chunk[0].params.get("model", ""))
             t0 = time.perf_counter()
-            results = pipe.run([j.params for j in chunk],
-                               [self._context(owner, j, projects[j.batch_id]) for j in chunk])
+            results = fam.run([self._context(owner, j, projects[j.batch_id]) for j in chunk])
             share = (time.perf_counter() - t0) / len(chunk)
         except SoftTimeLimitExceeded:
             raise
@@ -217,21 +225,25 @@ class Runtime:
             self._record(owner, [JobResult(chunk[0].id, error=_describe(exc),
                                            retryable=is_transient(exc))], report)
             return
+        failed = [(j, r) for j, r in zip(chunk, results, strict=True) if isinstance(r, JobFailed)]
+        if failed:
+            for job, err in failed:
+                log.warning("job %s failed: %s%s", job.id, err,
+                            " (will retry)" if err.retryable else "")
+            self._record(owner, [JobResult(j.id, error=str(e), retryable=e.retryable,
+                                           device_seconds=share) for j, e in failed], report)
+        done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
+        if not done:
+            return
         futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
-                    for art in arts] for j, arts in zip(chunk, results, strict=True)]
-        pending.append((chunk, futures, share))
+                    for art in arts] for j, arts in done]
+        pending.append(([j for j, _ in done], futures, share))
 
-    def _context(self, owner: str, job: ClaimedJob, project: str) -> dict[str, Any]:
-        """What a pipeline may know and use about one job (long jobs store partial work)."""
-        store = self.storage
-        return {
-            "job_id": job.id, "batch_id": job.batch_id, "attempt": job.attempt,
-            "project": project, "storage": store,
-            "key": lambda name: store.job_key(project, job.batch_id, job.id, name),
-            "prefix": store.job_key(project, job.batch_id, job.id, "x")[:-1],
-            "still_held": lambda: bool(self._still_held(owner, [job])),
-            "progress": lambda done: self._progress(owner, job.id, done),
-        }
+    def _context(self, owner: str, job: ClaimedJob, project: str) -> JobContext:
+        """What a family may know and do about one job (long jobs store partial work)."""
+        return JobContext(job.id, job.batch_id, project, job.attempt, job.kind, job.params,
+                          self.storage, lambda: bool(self._still_held(owner, [job])),
+                          lambda done: self._progress(owner, job.id, done))
 
     def _progress(self, owner: str, job_id: str, done: float) -> bool:
         with self.sessions.begin() as session:
@@ -243,7 +255,7 @@ class Runtime:
             back = lifecycle.release(session, owner, [j.id for j in jobs], "worker shutting down")
         report.requeued += len(back)
         if back and self.publish is not None:
-            mine = [(j.id, KINDS[j.kind].queue, j.batch_key) for j in jobs if j.id in back]
+            mine = [(j.id, j.queue, j.batch_key) for j in jobs if j.id in back]
             try:
                 publish_jobs(self.sessions, self.publish, mine, self.settings.unit_size)
             except Exception:  # noqa: BLE001 - the reconciler publishes them instead
@@ -309,6 +321,14 @@ class Runtime:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, PipelineError):
+    if isinstance(exc, GenfarmError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def default_dtype(settings: Settings, device: str) -> Any:
+    """float64 on the CPU with exact_cpu (a job's bytes never depend on its batch), else float32;
+    a family may compute in another (its options say which)."""
+    import torch
+
+    return torch.float64 if device == "cpu" and settings.exact_cpu else torch.float32

@@ -83,7 +83,7 @@ def test_jobs_travel_as_work_units_grouped_by_batch_key(
     out = json.loads(result.stdout)
     assert out["job_count"] == 80 and out["units"] == 4 and out["published"]
     client = redis.Redis.from_url(redis_url)
-    messages = [json.loads(m) for m in client.lrange("generate", 0, -1)]
+    messages = [json.loads(m) for m in client.lrange("aether", 0, -1)]  # a queue per model
     assert len(messages) == 4  # 80 jobs, 4 messages: not one per job
     units = []
     for m in messages:

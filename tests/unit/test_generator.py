@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from jobs.errors import PipelineError
+from jobs.registry import ModelEntry
 from jobs.settings import Settings
 from storage.provenance import read_png_provenance
-from workers.models.aether import Camera, reference_generator, weights_sha256
-from workers.models.registry import export_checkpoint, load_model
-from workers.pipelines import make_pipeline
-from workers.pipelines.base import Pipeline
+from tests.families import context, family, run
+from workers.families.aether import AetherFamily
+from workers.families.aether.network import Camera, reference_generator, weights_sha256
+from workers.families.aether.weights import export_checkpoint, load_model
+from workers.family import Family
+
+AETHER = ModelEntry("aether", "aether")
 
 
 def params(seed: int, size: int = 64, **kw: Any) -> dict[str, Any]:
@@ -24,14 +28,10 @@ def params(seed: int, size: int = 64, **kw: Any) -> dict[str, Any]:
             "pitch": 0.0, "radius": 2.7, "fov": 36.0, "save_latent": False, "model": "aether", **kw}
 
 
-def ctx(i: int) -> dict[str, Any]:
-    return {"job_id": f"j{i}", "batch_id": "b", "attempt": 1}
-
-
-def pipeline(kind: str, profile: str = "tiny", **settings: Any) -> Pipeline:
-    pipe = make_pipeline(kind, Settings(model_profile=profile, **settings))
-    pipe.setup("cpu")
-    return pipe
+def pipeline(kind: str, profile: str = "tiny", **settings: Any) -> AetherFamily:
+    fam = family(profile, **settings)
+    assert isinstance(fam, AetherFamily)
+    return fam
 
 
 def test_reference_weights_are_deterministic() -> None:
@@ -41,19 +41,18 @@ def test_reference_weights_are_deterministic() -> None:
 
 @pytest.mark.parametrize("profile", ["tiny", "default"])
 def test_same_seed_same_bytes_at_batch_1_and_16(profile: str) -> None:
-    pipe = make_pipeline("generate", Settings(model_profile=profile))
-    pipe.setup("cpu")
+    pipe = family(profile)
     jobs = [params(seed, 128, yaw=float(seed * 7 % 90)) for seed in range(100, 116)]
-    together = [r[0].encode() for r in pipe.run(jobs, [ctx(i) for i in range(16)])]
+    together = [r[0].encode() for r in run(pipe, "generate", jobs)]  # type: ignore[index]
     for i in (0, 5, 15):
-        alone = pipe.run([jobs[i]], [ctx(i)])[0][0].encode()
+        alone = pipe.run([context("generate", jobs[i], i)])[0][0].encode()  # type: ignore[index]
         assert alone == together[i]
     assert len(set(together)) == 16
 
 
 def test_png_outputs_carry_provenance_and_latents() -> None:
     pipe = pipeline("generate")
-    results = pipe.run([params(5, save_latent=True), params(6)], [ctx(0), ctx(1)])
+    results: Any = run(pipe, "generate", [params(5, save_latent=True), params(6)])
     assert [len(r) for r in results] == [2, 1]
     prov = read_png_provenance(results[0][0].encode())
     assert prov["seed"] == 5 and prov["params"]["seed"] == 5 and prov["job_id"] == "j0"
@@ -67,13 +66,14 @@ def test_png_outputs_carry_provenance_and_latents() -> None:
 
 def test_export_and_reload_give_the_same_bytes(tmp_path: Path) -> None:
     path = tmp_path / "aether-tiny.safetensors"
-    digest = export_checkpoint("aether", "tiny", path, Settings(data_dir=tmp_path))
+    digest = export_checkpoint(AETHER, "tiny", path, Settings(data_dir=tmp_path))
     reference = pipeline("generate")
     loaded = pipeline("generate", checkpoint=str(path), checkpoint_sha256=digest)
     job = [params(42)]
-    assert reference.run(job, [ctx(0)])[0][0].encode() != b""
-    a = read_png_provenance(reference.run(job, [ctx(0)])[0][0].encode())
-    b = read_png_provenance(loaded.run(job, [ctx(0)])[0][0].encode())
+    first: Any = run(reference, "generate", job)
+    assert first[0][0].encode() != b""
+    a = read_png_provenance(first[0][0].encode())
+    b = read_png_provenance(run(loaded, "generate", job)[0][0].encode())  # type: ignore[index]
     assert a["weights_sha256"] == b["weights_sha256"] and b["weights"].startswith("checkpoint")
     pixels = lambda pipe: pipe.images(job).numpy().tobytes()  # noqa: E731
     assert pixels(reference) == pixels(loaded)
@@ -95,9 +95,9 @@ def test_rerender_changes_the_view_and_keeps_the_object() -> None:
         front = gen.images([params(seed, 128)])[0].numpy().astype(float)
         turned = edit.images([params(seed, 128)], cameras=[params(seed, 128, yaw=40.0)])[0]
         turned = turned.numpy().astype(float)
-        rerendered = edit.run([{"op": "rerender", "source": {"params": params(seed, 128)},
-                                "yaw": 40.0, "pitch": 0.0, "radius": 2.7, "fov": 36.0,
-                                "width": 128, "height": 128, "model": "aether"}], [ctx(0)])
+        rerendered: Any = run(edit, "edit", [{
+            "op": "rerender", "source": {"params": params(seed, 128)}, "yaw": 40.0, "pitch": 0.0,
+            "radius": 2.7, "fov": 36.0, "width": 128, "height": 128, "model": "aether"}])
         assert rerendered[0][0].encode()[:4] == b"\x89PNG"
         stranger = gen.images([params(seed + 100, 128)])[0].numpy().astype(float)
         assert np.abs(front - turned).mean() > 0.3  # the view changed
@@ -123,7 +123,7 @@ def test_latent_edits_and_style_mixing_change_the_image() -> None:
         assert out.shape == base.shape and not torch.equal(out, base), job["op"]
     zero = {"op": "latent", "direction": 0, "strength": 0.0, **common}
     assert torch.equal(edit._latent_ops("latent", [zero])[0], base)  # noqa: SLF001
-    model = load_model("aether", Settings(model_profile="tiny"), "cpu").module
+    model = load_model(AETHER, Settings(model_profile="tiny"), "cpu").module
     d = model.directions.float()
     assert torch.allclose(d @ d.T, torch.eye(d.shape[0]), atol=1e-4)  # orthonormal directions
     assert torch.equal(d, reference_generator("tiny").directions)  # deterministic per model
@@ -138,12 +138,12 @@ def test_image_ops_run_batched_and_keep_sizes() -> None:
         [{"resize": [32, 48]}, {"flip": "horizontal"}],
         [{"crop": [8, 8, 40, 24]}, {"color_transfer": {"params": params(50)}}],
     )]
-    out = edit._image_ops(jobs, [ctx(i) for i in range(4)])  # noqa: SLF001
+    out = edit._image_ops(jobs, [context("edit", j, i) for i, j in enumerate(jobs)])  # noqa: SLF001
     assert [tuple(o.shape) for o in out] == [(64, 64, 3), (64, 64, 3), (48, 32, 3), (24, 40, 3)]
     assert out[0].float().mean() > out[1].float().mean()
     bad = [{"op": "image", "source": src, "ops": [{"crop": [60, 60, 40, 40]}], "model": "aether"}]
     with pytest.raises(PipelineError, match="outside"):
-        edit._image_ops(bad, [ctx(0)])  # noqa: SLF001
+        edit._image_ops(bad, [context("edit", bad[0])])  # noqa: SLF001
 
 
 def test_cameras_take_radius_and_fov_per_sample() -> None:
@@ -158,14 +158,14 @@ def test_cameras_take_radius_and_fov_per_sample() -> None:
     assert coverage(far) < coverage(near)  # further away, smaller on screen
 
 
-def test_pipeline_contract_is_checked() -> None:
-    class Broken(Pipeline):
-        def _run(self, jobs, context):  # type: ignore[no-untyped-def]
+def test_family_contract_is_checked() -> None:
+    class Broken(Family):
+        def _run(self, batch):  # type: ignore[no-untyped-def]
             return []
 
-    pipe = Broken()
+    fam = Broken(AETHER, Settings())
     with pytest.raises(PipelineError, match="before setup"):
-        pipe.run([{}], [{}])
-    pipe.setup("cpu")
-    with pytest.raises(PipelineError, match="exactly one result per input"):
-        pipe.run([{}, {}], [{}, {}])
+        fam.run([context("generate", {})])
+    fam.setup("cpu", torch.float32)
+    with pytest.raises(PipelineError, match="exactly one result per job"):
+        fam.run([context("generate", {}, 0), context("generate", {}, 1)])

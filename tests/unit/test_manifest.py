@@ -86,12 +86,19 @@ def test_limits_and_bad_sweeps() -> None:
     assert [e.line for e in info.value.errors] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("bounds", ["[0, Infinity]", "[0, NaN]", "[0, 10, 1e-300]", "[0, 1e400]",
-                                    "[true, 3]", "[0]", "\"0..9\""])
+@pytest.mark.parametrize("bounds", ["[0, 10, 1e-300]", "[true, 3]", "[0]", "\"0..9\""])
 def test_ranges_that_cannot_expand_are_errors(bounds: str) -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest(f'{{"kind": "generate", "seed": {{"range": {bounds}}}}}')
     assert [e.field for e in info.value.errors] == ["seed"]
+
+
+@pytest.mark.parametrize("bounds", ["[0, Infinity]", "[0, NaN]", "[0, 1e400]", "[0, -Infinity]"])
+def test_numbers_json_does_not_have_are_refused_when_read(bounds: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(f'{{"kind": "generate", "seed": {{"range": {bounds}}}}}')
+    (error,) = info.value.errors
+    assert error.line == 1 and "invalid JSON" in error.message and "number" in error.message
 
 
 def test_empty_manifest_and_bad_encoding() -> None:

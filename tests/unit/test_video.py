@@ -10,39 +10,36 @@ from typing import Any
 import av
 import numpy as np
 
-from jobs.settings import Settings
 from storage import open_storage
-from workers.pipelines import make_pipeline
-from workers.pipelines.video import interpolate, slerp
+from tests.families import context as job_context
+from tests.families import family
+from workers.families.aether.video import interpolate, slerp
 
 JOB = {"mode": "orbit", "seed": 3, "truncation": 0.7, "frames": 20, "fps": 10, "width": 32,
        "height": 32, "yaw_from": -90.0, "yaw_to": 90.0, "yaw": 0.0, "pitch": 5.0, "radius": 2.7,
        "fov": 36.0, "chunk_frames": 8, "model": "aether"}
 
 
-def context(store: Any, held: list[bool], progress: list[float] | None = None) -> dict[str, Any]:
+def context(store: Any, held: list[bool], progress: list[float] | None = None) -> Any:
     reported = progress if progress is not None else []
-    return {"job_id": "j1", "batch_id": "b1", "attempt": 1, "storage": store,
-            "key": lambda name: store.job_key("p", "b1", "j1", name),
-            "prefix": store.job_key("p", "b1", "j1", "x")[:-1],
-            "still_held": lambda: held.pop(0) if held else True,
-            "progress": lambda done: reported.append(round(done, 3)) is None}
+    return job_context("video", JOB, 1, storage=store,
+                       still_held=lambda: held.pop(0) if held else True,
+                       progress=lambda done: reported.append(round(done, 3)) is None)
 
 
 def test_a_restarted_video_resumes_from_its_last_chunk(tmp_path: Path) -> None:
     store = open_storage((tmp_path / "out").as_uri())
-    pipe = make_pipeline("video", Settings(model_profile="tiny"))
-    pipe.setup("cpu")
+    pipe = family("tiny")
     # first attempt: renders chunk 0, then finds itself cancelled at the next boundary
     progress: list[float] = []
-    assert pipe.run([JOB], [context(store, [True, False], progress)]) == [[]]
+    assert pipe.run([context(store, [True, False], progress)]) == [[]]
     assert progress == [0.38]  # 8 of 20 frames, before encoding
     chunk0 = tmp_path / "out" / "p" / "b1" / "j1" / "chunk-00000.npy"
     assert chunk0.exists() and not (chunk0.parent / "chunk-00001.npy").exists()
     stamp = chunk0.stat().st_mtime_ns
     # second attempt: chunk 0 is read back, chunks 1 and 2 rendered
     progress = []
-    [[art]] = pipe.run([JOB], [context(store, [], progress)])
+    [[art]] = pipe.run([context(store, [], progress)])
     assert progress == [0.76, 0.95]  # the stored chunk is not reported again
     assert chunk0.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in chunk0.parent.iterdir()) == [
@@ -55,7 +52,7 @@ def test_a_restarted_video_resumes_from_its_last_chunk(tmp_path: Path) -> None:
     assert len(frames) == 20 and frames[0].shape == (32, 32, 3)
     # and the resumed video is the one an uninterrupted run makes
     fresh = open_storage((tmp_path / "fresh").as_uri())
-    [[whole]] = pipe.run([JOB], [context(fresh, [])])
+    [[whole]] = pipe.run([context(fresh, [])])
     with av.open(io.BytesIO(whole.encode())) as c:
         again = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     assert all(np.array_equal(a, b) for a, b in zip(frames, again, strict=True))

@@ -13,41 +13,39 @@ import torch
 from PIL import Image
 
 from jobs.errors import PipelineError
-from workers.pipelines.base import Artifact
-from workers.pipelines.generate import ModelPipeline
+from workers.families.aether.generate import AetherBase
+from workers.family import JobContext, PermanentError, Result
 
 # ops whose parameters decide the output shape: jobs batch together only where these match
 SHAPE_OPS = ("resize", "crop", "flip", "rotate")
 
 
-class EditPipeline(ModelPipeline):
-    kind = "edit"
-
+class EditOps(AetherBase):
     @torch.no_grad()
-    def _run(self, jobs: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[list[Artifact]]:
+    def _edit(self, batch: list[JobContext]) -> list[Result]:
+        jobs = [c.params for c in batch]
         op = jobs[0]["op"]  # one batch key: one op
-        pixels = self._image_ops(jobs, context) if op == "image" else self._latent_ops(op, jobs)
+        pixels = self._image_ops(jobs, batch) if op == "image" else self._latent_ops(op, jobs)
         base = self.provenance()
-        return [[self.png(pixels[i], {**base, "kind": "edit", "op": op, "params": jobs[i],
-                                      "job_id": context[i]["job_id"],
-                                      "batch_id": context[i]["batch_id"]})]
-                for i in range(len(jobs))]
+        return [[self.png(pixels[i], {**base, "kind": ctx.kind, "op": op, "params": ctx.params,
+                                      "job_id": ctx.job_id, "batch_id": ctx.batch_id})]
+                for i, ctx in enumerate(batch)]
 
     # -- edits in the generator's latent space -------------------------------------------
     def _latent_ops(self, op: str, jobs: list[dict[str, Any]]) -> list[torch.Tensor]:
         sources = [self._source_params(j) for j in jobs]
         w = self.w(sources)
-        ws = self.model.broadcast(w).clone()
+        ws = self.net.broadcast(w).clone()
         cameras = sources
         if op == "latent":
-            dirs = self.model.directions[torch.tensor([j["direction"] for j in jobs])]
+            dirs = self.net.directions[torch.tensor([j["direction"] for j in jobs])]
             strength = torch.tensor([float(j["strength"]) for j in jobs], device=w.device,
                                     dtype=w.dtype)
-            ws = self.model.broadcast(w + strength[:, None] * dirs)
+            ws = self.net.broadcast(w + strength[:, None] * dirs)
         elif op == "style_mix":
             mix = self.w([{"seed": j["mix_seed"], "truncation": s.get("truncation", 0.7)}
                           for j, s in zip(jobs, sources, strict=True)])
-            cut = self.model.synthesis.num_layers // 2
+            cut = self.net.synthesis.num_layers // 2
             for i, j in enumerate(jobs):
                 layers = slice(0, cut) if j["layers"] == "coarse" else slice(cut, None)
                 ws[i, layers] = mix[i]
@@ -64,7 +62,7 @@ class EditPipeline(ModelPipeline):
         return params
 
     # -- image operations ------------------------------------------------------------------
-    def _image_ops(self, jobs: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[torch.Tensor]:
+    def _image_ops(self, jobs: list[dict[str, Any]], context: list[JobContext]) -> list[torch.Tensor]:
         images = [self._load(j["source"], ctx) for j, ctx in zip(jobs, context, strict=True)]
         out: list[torch.Tensor | None] = [None] * len(jobs)
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -82,7 +80,7 @@ class EditPipeline(ModelPipeline):
                 out[i] = pixels[k].contiguous()
         return [p for p in out if p is not None]
 
-    def _apply(self, x: torch.Tensor, ops: list[dict[str, Any]], ctx: list[dict[str, Any]]) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, ops: list[dict[str, Any]], ctx: list[JobContext]) -> torch.Tensor:
         name = next(k for k, v in ops[0].items() if v is not None)
         vals = [op[name] for op in ops]
         def per() -> torch.Tensor:
@@ -121,16 +119,16 @@ class EditPipeline(ModelPipeline):
             return color_transfer(x, refs)
         raise PipelineError(f"unknown image op {name!r}")
 
-    def _load(self, source: dict[str, Any], ctx: dict[str, Any]) -> torch.Tensor:
+    def _load(self, source: dict[str, Any], ctx: JobContext) -> torch.Tensor:
         """A source image as float (3, H, W) in [0, 1]: a stored object, or regenerated from the
         generate params it came from (deterministic: the same pixels as that job's output)."""
         if source.get("key"):
-            data = ctx["storage"].get(source["key"], sha256=source.get("sha256"))
+            data = ctx.read_source(source)
             try:
                 with Image.open(io.BytesIO(data)) as im:
                     arr = np.asarray(im.convert("RGB"))
             except Exception as exc:  # noqa: BLE001 - a corrupt source is the job's permanent error
-                raise PipelineError(f"source {source['key']} is not a readable image: {exc}") from exc
+                raise PermanentError(f"source {source['key']} is not a readable image: {exc}") from exc
             return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
         params = source.get("params")
         if not params:

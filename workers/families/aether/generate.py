@@ -1,4 +1,5 @@
-"""The generate kind: images from the triplane generator, many seeds per forward pass."""
+"""The aether family's model helpers and its generate kind: images from the triplane generator,
+many seeds per forward pass."""
 
 from __future__ import annotations
 
@@ -8,27 +9,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.settings import Settings
 from storage.provenance import encode_png, s3_metadata
-from workers.models.aether import Camera
-from workers.models.registry import LoadedModel, load_model, to_uint8
-from workers.pipelines.base import Artifact, Pipeline, constant
+from workers.families.aether.network import Camera
+from workers.families.aether.weights import LoadedModel, load_model, to_uint8
+from workers.family import Artifact, Family, JobContext, Result, constant
 
 
-class ModelPipeline(Pipeline):
-    """A pipeline around the registry's generator (one copy per process)."""
+class AetherBase(Family):
+    """The generator (one copy per process) and what every aether kind does with it."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__()
-        self.settings = settings
-
-    def _setup(self, device: str) -> None:
-        self.loaded: LoadedModel = load_model("aether", self.settings, device)
-        self.model = self.loaded.module
+    def _setup(self, device: str, dtype: Any) -> None:
+        self.loaded: LoadedModel = load_model(self.model, self.settings, device, dtype)
+        self.model_module = self.loaded.module
         self.dtype = self.loaded.dtype
 
+    @property
+    def net(self) -> Any:
+        return self.model_module
+
     def provenance(self) -> dict[str, Any]:
-        return self.loaded.provenance()
+        return {**self.loaded.provenance(), "family": self.model.family}
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", enabled=self.device.startswith("cuda"))
@@ -40,16 +40,17 @@ class ModelPipeline(Pipeline):
         camera, size), optionally with other per-layer styles, cameras or size."""
         dev = self.device
         if ws is None:
-            ws = self.model.broadcast(self.w(sources))
+            ws = self.net.broadcast(self.w(sources))
         cam = Camera.of(cameras or sources, dev, self.dtype)
         h, w = size or (sources[0]["height"], sources[0]["width"])
         with self.autocast():
-            return to_uint8(self.model.synthesize(ws, cam, (h, w)))
+            return to_uint8(self.net.synthesize(ws, cam, (h, w)))
 
     def w(self, sources: list[dict[str, Any]]) -> torch.Tensor:
         trunc = torch.tensor([float(p.get("truncation", 0.7)) for p in sources],
                              device=self.device, dtype=self.dtype)
-        return self.model.w_of([int(p["seed"]) for p in sources], trunc)
+        out: torch.Tensor = self.net.w_of([int(p["seed"]) for p in sources], trunc)
+        return out
 
     def png(self, pixels: torch.Tensor, prov: dict[str, Any], name: str = "image.png") -> Artifact:
         raw = pixels.numpy().tobytes()
@@ -58,18 +59,18 @@ class ModelPipeline(Pipeline):
                         metadata=s3_metadata(prov))
 
 
-class GeneratePipeline(ModelPipeline):
-    kind = "generate"
-
+class GenerateOps(AetherBase):
     @torch.no_grad()
-    def _run(self, jobs: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[list[Artifact]]:
+    def _generate(self, batch: list[JobContext]) -> list[Result]:
+        jobs = [c.params for c in batch]
         w = self.w(jobs)
-        pixels = self.images(jobs, ws=self.model.broadcast(w))
+        pixels = self.images(jobs, ws=self.net.broadcast(w))
         base = self.provenance()
-        results = []
-        for i, params in enumerate(jobs):
-            prov = {**base, "kind": "generate", "params": params, "seed": params["seed"],
-                    "job_id": context[i]["job_id"], "batch_id": context[i]["batch_id"]}
+        results: list[Result] = []
+        for i, ctx in enumerate(batch):
+            params = ctx.params
+            prov = {**base, "kind": ctx.kind, "params": params, "seed": params["seed"],
+                    "job_id": ctx.job_id, "batch_id": ctx.batch_id}
             arts = [self.png(pixels[i], prov)]
             if params.get("save_latent"):
                 buf = io.BytesIO()

@@ -16,25 +16,23 @@ import av
 import numpy as np
 import torch
 
-from jobs.errors import PipelineError
 from storage.provenance import s3_metadata
-from workers.pipelines.base import Artifact
-from workers.pipelines.generate import ModelPipeline
+from workers.families.aether.generate import AetherBase
+from workers.family import Artifact, JobContext, PermanentError, Result
 
 BEAT_TURN_DEG = 35.0  # on_beat="move": the camera turns this far on each beat
 
 
-class VideoPipeline(ModelPipeline):
-    kind = "video"
-
+class VideoOps(AetherBase):
     @torch.no_grad()
-    def _run(self, jobs: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[list[Artifact]]:
-        return [self._video(job, ctx) for job, ctx in zip(jobs, context, strict=True)]
+    def _videos(self, batch: list[JobContext]) -> list[Result]:
+        return [self._video(ctx) for ctx in batch]
 
-    def _video(self, job: dict[str, Any], ctx: dict[str, Any]) -> list[Artifact]:
+    def _video(self, ctx: JobContext) -> list[Artifact]:
+        job = ctx.params
         audio = None
         if job["mode"] == "beats":
-            audio = ctx["storage"].get(job["audio"]["key"], sha256=job["audio"].get("sha256"))
+            audio = ctx.read_source(job["audio"])
             samples, rate = decode_audio(audio)
             beats = detect_beats(samples, rate)
             frames = max(2, int(math.ceil(len(samples) / rate * job["fps"])))
@@ -42,32 +40,28 @@ class VideoPipeline(ModelPipeline):
             beats, frames = [], job["frames"]
         plan = self._plan(job, frames, beats)
         chunk = job["chunk_frames"]
-        store, key_of = ctx["storage"], ctx["key"]
-        done = {k for k in store.list(ctx["prefix"]) if "/chunk-" in k}
+        done = set(ctx.chunks())
         parts = []
         for start in range(0, frames, chunk):
-            key = key_of(f"chunk-{start // chunk:05d}.npy")
-            if key in done:  # rendered by an earlier attempt
-                parts.append(np.load(io.BytesIO(store.get(key))))
+            name = f"{start // chunk:05d}.npy"
+            if name in done:  # rendered by an earlier attempt
+                parts.append(np.load(io.BytesIO(ctx.read_chunk(name))))
                 continue
-            if not ctx["still_held"]():  # cancelled or lost: stop at this chunk boundary
+            if not ctx.still_held():  # cancelled or lost: stop at this chunk boundary
                 return []
             rendered = self._render(plan, start, min(frames, start + chunk), job)
             buf = io.BytesIO()
             np.save(buf, rendered)
-            store.put(key, buf.getvalue(), "application/x-npy")
+            ctx.store_chunk(name, buf.getvalue(), "application/x-npy")
             parts.append(rendered)
-            if "progress" in ctx:
-                ctx["progress"](min(frames, start + chunk) / frames * 0.95)  # encoding: the rest
+            ctx.progress(min(frames, start + chunk) / frames * 0.95)  # encoding: the rest
         video = np.concatenate(parts)
-        chunk_keys = [key_of(f"chunk-{i:05d}.npy") for i in range(math.ceil(frames / chunk))]
-        prov = {**self.provenance(), "kind": "video", "params": job, "job_id": ctx["job_id"],
-                "batch_id": ctx["batch_id"], "beats": [round(b, 4) for b in beats]}
+        prov = {**self.provenance(), "kind": ctx.kind, "params": job, "job_id": ctx.job_id,
+                "batch_id": ctx.batch_id, "beats": [round(b, 4) for b in beats]}
 
         def encode() -> bytes:
             data = encode_mp4(video, job["fps"], audio, prov)
-            for key in chunk_keys:  # the MP4 is what stays; chunks were only for resuming
-                store.delete(key)
+            ctx.delete_chunks()  # the MP4 is what stays; chunks were only for resuming
             return data
 
         return [Artifact("video.mp4", "video/mp4", encode, metadata=s3_metadata(prov))]
@@ -93,7 +87,7 @@ class VideoPipeline(ModelPipeline):
                 seeds, index = [seed], np.zeros(frames, dtype=int)
                 yaw = job["yaw"] + BEAT_TURN_DEG * cuts
         trunc_t = torch.full((len(seeds),), float(trunc), device=self.device, dtype=self.dtype)
-        w = self.model.w_of([int(s) for s in seeds], trunc_t)
+        w = self.net.w_of([int(s) for s in seeds], trunc_t)
         return {"w": w, "index": index, "yaw": yaw, "frames": frames}
 
     def _render(self, plan: dict[str, Any], start: int, stop: int, job: dict[str, Any]) -> np.ndarray:
@@ -107,7 +101,7 @@ class VideoPipeline(ModelPipeline):
                 w = plan["w"][torch.as_tensor(plan["index"][list(idx)], device=self.device)]
             cams = [{"yaw": float(plan["yaw"][i]), "pitch": job["pitch"], "radius": job["radius"],
                      "fov": job["fov"]} for i in idx]
-            out.append(self.images(cams, ws=self.model.broadcast(w), cameras=cams,
+            out.append(self.images(cams, ws=self.net.broadcast(w), cameras=cams,
                                    size=(job["height"], job["width"])).numpy())
         return np.concatenate(out)
 
@@ -139,9 +133,9 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
             chunks = [r.to_ndarray().reshape(-1) for f in container.decode(stream)
                       for r in resampler.resample(f)]
     except (av.error.FFmpegError, IndexError) as exc:
-        raise PipelineError(f"the audio file cannot be decoded: {exc}") from exc
+        raise PermanentError(f"the audio file cannot be decoded: {exc}") from exc
     if not chunks:
-        raise PipelineError("the audio file holds no samples")
+        raise PermanentError("the audio file holds no samples")
     return np.concatenate(chunks).astype(np.float32), int(rate)
 
 

@@ -1,6 +1,6 @@
-"""The model registry: a name gives an architecture, its weights (a safetensors checkpoint at a
-local path or storage URL, or seeded reference weights) and their sha256. Nothing downloads from
-the internet; one copy per worker process, shared by every pipeline."""
+"""The aether family's weights: a safetensors checkpoint at a local path or storage URL (the
+model's ``weights`` in the models file, else ``GENFARM_CHECKPOINT``), or seeded reference
+weights, and their sha256. Nothing downloads from the internet; one copy per worker process."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Any
 import torch
 
 from jobs.errors import PipelineError
+from jobs.registry import ModelEntry
 from jobs.settings import Settings
-from workers.models.aether import TriplaneGenerator, reference_generator, weights_sha256
-
-ARCHITECTURES = {"aether": reference_generator}
+from workers.families.aether.network import TriplaneGenerator, reference_generator, weights_sha256
 
 
 @dataclass
@@ -60,48 +59,53 @@ def compute_dtype(settings: Settings, device: str) -> torch.dtype:
     return torch.float64 if device == "cpu" and settings.exact_cpu else torch.float32
 
 
-def load_model(name: str, settings: Settings, device: str) -> LoadedModel:
-    key = (name, settings.model_profile, settings.checkpoint, settings.checkpoint_sha256, device,
-           settings.exact_cpu)
+def load_model(entry: ModelEntry, settings: Settings, device: str,
+               dtype: torch.dtype | None = None) -> LoadedModel:
+    """The generator of model ``entry`` on ``device``, loaded once per process."""
+    profile = str(entry.options.get("profile") or settings.model_profile)
+    weights = entry.weights or settings.checkpoint
+    pin = entry.sha256 or (settings.checkpoint_sha256 if not entry.weights else None)
+    dtype = dtype or compute_dtype(settings, device)
+    key = (entry.name, profile, weights, pin, device, dtype)
     with _lock:
         if key in _cache:
             return _cache[key]
-        if name not in ARCHITECTURES:
-            raise PipelineError(f"unknown model {name!r}")
-        module = ARCHITECTURES[name](settings.model_profile)
+        module = reference_generator(profile)
         source = None
-        if settings.checkpoint:
+        if weights:
             from safetensors.torch import load_file
 
-            path = fetch_checkpoint(settings.checkpoint, settings)
+            path = fetch_checkpoint(weights, settings)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if settings.checkpoint_sha256 and digest != settings.checkpoint_sha256:
-                raise PipelineError(f"checkpoint {settings.checkpoint}: sha256 {digest} is not the "
-                                    f"expected {settings.checkpoint_sha256}")
+            if pin and digest != pin:
+                raise PipelineError(f"model {entry.name}: checkpoint {weights} has sha256 {digest}, "
+                                    f"not the pinned {pin}")
             try:
                 module.load_state_dict(load_file(str(path)))
             except RuntimeError as exc:
-                raise PipelineError(f"checkpoint {settings.checkpoint} does not fit {name} "
-                                    f"({settings.model_profile}): {str(exc)[:300]}") from exc
-            source = f"{Path(str(settings.checkpoint)).name} sha256:{digest}"
+                raise PipelineError(f"model {entry.name}: checkpoint {weights} does not fit the "
+                                    f"{profile} profile: {str(exc)[:300]}") from exc
+            source = f"{Path(str(weights)).name} sha256:{digest}"
         digest = weights_sha256(module)  # of the float32 weights, whatever we compute in
-        dtype = compute_dtype(settings, device)
         module = module.to(device=device, dtype=dtype).eval()
-        loaded = LoadedModel(name, module, dtype, settings.model_profile, digest, source)
+        loaded = LoadedModel(entry.name, module, dtype, profile, digest, source)
         _cache[key] = loaded
         return loaded
 
 
-def export_checkpoint(name: str, profile: str, path: Path, settings: Settings | None = None) -> str:
-    """Write the model's weights (reference ones, or the configured checkpoint's) as safetensors;
-    returns the file's sha256."""
+def export_checkpoint(entry: ModelEntry, profile: str, path: Path,
+                      settings: Settings | None = None) -> str:
+    """Write the model's weights (reference ones, or its checkpoint's) as safetensors; returns
+    the file's sha256."""
     from safetensors.torch import save_file
 
-    cfg = (settings or Settings()).model_copy(update={"model_profile": profile})
-    module = load_model(name, cfg, "cpu").module
+    cfg = settings or Settings()
+    entry = ModelEntry(entry.name, entry.family, entry.weights, entry.sha256,
+                       {**entry.options, "profile": profile})
+    module = load_model(entry, cfg, "cpu", torch.float32).module
     state = {k: v.detach().cpu().float().contiguous() for k, v in module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"model": name, "profile": profile})
+    save_file(state, str(path), metadata={"model": entry.name, "profile": profile})
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -1,0 +1,120 @@
+"""Kinds and model families come from entry points; the models file names models. No kind, family
+or model name is written anywhere in genfarm outside its own module, so a new one is one module and
+one entry point."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from jobs.catalog import ModelsFileError, check_model, load_catalog, weights_digest
+from jobs.errors import ManifestError
+from jobs.manifest import parse_manifest
+from jobs.registry import registry
+from jobs.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("jobs", "workers", "storage", "cli", "api")
+
+
+def own_modules(name: str) -> set[Path]:
+    """The files that may name ``name``: its spec module and its worker module or package."""
+    mine = {ROOT / "jobs" / "families" / f"{name}.py", ROOT / "workers" / "families" / f"{name}.py"}
+    mine |= set((ROOT / "workers" / "families" / name).glob("*.py"))
+    return mine
+
+
+def test_no_kind_family_or_model_name_is_written_outside_its_own_module() -> None:
+    reg = registry()
+    catalog = load_catalog(Settings())
+    names: dict[str, set[Path]] = {}
+    for kind in reg.kinds:
+        names[kind] = {ROOT / "jobs" / "kinds.py"}
+    for family in reg.families:
+        names.setdefault(family, set()).update(own_modules(family))
+    for model in catalog.models:
+        names.setdefault(model, set()).update(own_modules(catalog.models[model].family))
+    for fam_name, fam in reg.families.items():  # a family may name the kinds it serves
+        for kind in fam.kinds:
+            names[kind] |= own_modules(fam_name)
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and node.value in names and path not in names[node.value]):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not offenders, "names hard-coded outside their own module:\n" + "\n".join(offenders)
+
+
+def test_the_check_would_find_a_hard_coded_name(tmp_path: Path) -> None:
+    tree = ast.parse('if kind == "video":\n    queue = "aether.long"\n')
+    found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+    assert "video" in found  # the scan above reads every string constant this way
+
+
+def test_built_ins_are_registered_like_plugins() -> None:
+    reg = registry()
+    assert {"generate", "edit", "video", "noop"} <= set(reg.kinds)
+    assert {"aether", "noop"} <= set(reg.families)
+    for fam in reg.families.values():
+        assert ":" in fam.worker and fam.kinds
+        for kind in fam.kinds:
+            assert kind in reg.kinds
+
+
+def test_models_file_declares_named_models(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not really weights")
+    models = tmp_path / "models.toml"
+    models.write_text(f'[defaults]\ngenerate = "hero"\n\n[models.hero]\nfamily = "aether"\n'
+                      f'weights = "w.safetensors"\nsha256 = "{weights_digest(weights)}"\n'
+                      'options = { profile = "tiny" }\n')
+    catalog = load_catalog(Settings(models_file=models))
+    assert catalog.models["hero"].weights == str(weights)  # relative to the models file
+    assert catalog.default_model("generate") == "hero"
+    assert catalog.queues(["hero"]) == ["hero", "hero.long"]
+    check = check_model(catalog, "hero")
+    assert check.loadable and check.digest == weights_digest(weights)
+    specs = parse_manifest('{"kind": "generate", "seed": 1}\n{"kind": "video", "mode": "orbit", '
+                           '"seed": 1, "model": "aether"}', catalog=catalog)
+    assert [(s.params["model"], s.queue) for s in specs] == [("hero", "hero"),
+                                                             ("aether", "aether.long")]
+    weights.write_bytes(b"other bytes")
+    assert "not the pinned" in check_model(catalog, "hero").problems[0]
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('[models.x]\nfamily = "nope"\n', "unknown family 'nope'"),
+    ('[models.x]\nweights = "a"\n', "family: required"),
+    ('[models.x]\nfamily = "aether"\nsha256 = "abc"\n', "64 lowercase hex"),
+    ('[models.x]\nfamily = "aether"\ncolour = 1\n', "unknown key(s) colour"),
+    ('[models.x]\nfamily = "noop"\noptions = { a = 1 }\n', "takes none"),
+    ('[models."Bad Name"]\nfamily = "aether"\n', "a model name takes"),
+    ('[defaults]\nvideo = "noop"\n', "does not serve video"),
+    ('[models.x\n', "not valid TOML"),
+])
+def test_models_file_mistakes_name_the_model(tmp_path: Path, body: str, expected: str) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(body)
+    with pytest.raises(ModelsFileError) as info:
+        load_catalog(Settings(models_file=models))
+    assert expected in str(info.value) and str(models) in str(info.value)
+
+
+def test_missing_weights_make_a_model_unloadable_here(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[models.x]\nfamily = "aether"\nweights = "/nowhere/w.safetensors"\n')
+    check = check_model(load_catalog(Settings(models_file=models)), "x")
+    assert not check.loadable and "no such file" in check.problems[0]
+
+
+def test_a_job_names_a_model_that_serves_its_kind() -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest('{"kind": "video", "mode": "orbit", "seed": 1, "model": "noop"}\n'
+                       '{"kind": "generate", "seed": 1, "model": "nope"}')
+    found = [str(e) for e in info.value.errors]
+    assert "does not serve video jobs" in found[0] and "unknown model" in found[1]
