@@ -4,6 +4,7 @@ farm (and this machine) can run. Torch-free: families are described by their spe
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import click
@@ -12,13 +13,23 @@ from cli.options import friendly_errors, settings_options
 from jobs.settings import Settings
 
 
-def _fields(model: Any) -> list[tuple[str, str, str]]:
+def _fields(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(name, description, default) of every field, with the fields of nested parameter
+    models (an edit's list of image ops) listed under their parent as ``parent[].field``."""
+    from jobs.registry import Params, SourceRef
+
     rows = []
     for name, f in model.model_fields.items():
-        if name == "model":
+        if name == "model" and not prefix:
             continue
         default = "required" if f.is_required() else f"default {f.default!r}"
-        rows.append((name, f.description or "", default))
+        if isinstance(f.default, list | dict) or f.default is None:
+            default = "required" if f.is_required() else "optional"
+        rows.append((prefix + name, f.description or "", default))
+        nested = [a for a in typing.get_args(f.annotation) if isinstance(a, type)
+                  and issubclass(a, Params) and not issubclass(a, SourceRef)]
+        for sub in nested:
+            rows.extend(_fields(sub, f"{prefix}{name}[]."))
     return rows
 
 
@@ -71,7 +82,7 @@ def kinds(settings: Settings, as_json: bool) -> None:
                 for name, desc, default in _fields(model):
                     if isinstance(schema, Variants) and name == schema.discriminator:
                         continue
-                    click.echo(f"{indent}{name:<16} {desc} ({default})")
+                    click.echo(f"{indent}{name:<22} {desc} ({default})")
     click.echo(f"\nEvery line may also set: model, {', '.join(sorted(COMMON_FIELDS - {'kind'}))} "
                "(priority -1000..1000, max_attempts 1..20, count: N jobs from consecutive "
                'seeds).\nA list sweeps a field; {"range": [start, stop, step]} sweeps a range.')

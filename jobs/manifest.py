@@ -39,7 +39,7 @@ MAX_ATTEMPTS = 20
 MAX_INT_DIGITS = 30  # JSON integers longer than this are refused before Python parses them
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """A validated, expanded job, ready to insert."""
 
@@ -386,6 +386,10 @@ class _Line:
                      and _ref_type(schema, "source") is GeneratedRef)
         seen: set[tuple[str, str]] = set()
         specs: list[JobSpec] = []
+        append, validate, batch_key = specs.append, schema.model_validate, family.batch_key
+        strict, count, priority, attempts, line = (self.strict, self.count, self.priority,
+                                                   self.attempts, self.line)
+        nested_refs = [(p, (t.first, t.specs[0])) for p, t in nested]
         for combo in itertools.product(*(values for _, values in self.axes)):
             base = dict(template)
             base.update(zip(keys, combo, strict=True))
@@ -394,34 +398,34 @@ class _Line:
                 if fill_size and src is not None:
                     params.setdefault("width", src[1].params["width"])
                     params.setdefault("height", src[1].params["height"])
-                for offset in range(self.count):
-                    if self.count > 1:
+                refs = ([("source", src)] if src else []) + nested_refs
+                job_refs = tuple((path, pos) for path, (pos, _) in refs)
+                for offset in range(count):
+                    if count > 1:
                         params["seed"] = base["seed"] + offset
                     try:
-                        clean = schema.model_validate(params, strict=self.strict).model_dump(
+                        clean = validate(params, strict=strict).model_dump(
                             mode="json", exclude_none=True)
                     except ValidationError as exc:
-                        for err in exc.errors():
-                            field = ".".join(str(p) for p in err["loc"]) or ""
-                            msg = _pydantic_message(err)
-                            if field.split(".")[0] in self.bad_keys:
-                                continue
-                            if (field, msg) not in seen:
-                                seen.add((field, msg))
-                                self._error(field, msg)
+                        self._report(exc, seen)
                         continue
-                    job_refs: list[tuple[str, int]] = []
-                    for path, (pos, spec) in (([("source", src)] if src else [])
-                                              + [(p, (t.first, t.specs[0])) for p, t in nested]):
-                        node = get_path(clean, path)
-                        node["params"] = spec.params  # recompute from the source's own params
-                        job_refs.append((path, pos))
-                    specs.append(JobSpec(kind, clean, family.batch_key(kind, clean), queue,
-                                         self.priority, self.attempts, self.line, tuple(job_refs)))
+                    for path, (_, spec) in refs:  # recomputed from the source's own params
+                        get_path(clean, path)["params"] = spec.params
+                    append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority,
+                                   attempts, line, job_refs))
         if self.errors:
             return []
         self.specs = specs
         return specs
+
+
+    def _report(self, exc: ValidationError, seen: set[tuple[str, str]]) -> None:
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or ""
+            msg = _pydantic_message(err)
+            if field.split(".")[0] not in self.bad_keys and (field, msg) not in seen:
+                seen.add((field, msg))
+                self._error(field, msg)
 
 
 def _ref_type(schema: type[Params], field: str) -> Any:

@@ -118,13 +118,14 @@ class KindSpec:
 
 def default_batch_key(kind: str, params: Mapping[str, Any]) -> str:
     """kind, model, variant and output size: what jobs must share to share a forward pass."""
-    parts = [kind, str(params.get("model", ""))]
-    for name in ("op", "mode"):
-        if name in params:
-            parts.append(str(params[name]))
+    key = f"{kind}:{params.get('model', '')}"
+    if "op" in params:
+        key += f":{params['op']}"
+    if "mode" in params:
+        key += f":{params['mode']}"
     if "width" in params or "height" in params:
-        parts.append(f"{params.get('width') or 'src'}x{params.get('height') or 'src'}")
-    return ":".join(parts)
+        key += f":{params.get('width') or 'src'}x{params.get('height') or 'src'}"
+    return key
 
 
 @dataclass(frozen=True)

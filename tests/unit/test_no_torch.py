@@ -31,3 +31,4 @@ def test_help_status_and_submit_do_not_import_torch(tmp_path: Path) -> None:
     run_check(["submit", str(manifest), "--project", "p", "--data-dir", data], 0, tmp_path)
     run_check(["status", "--data-dir", data], 0, tmp_path)
     run_check(["kinds"], 0, tmp_path)
+    run_check(["models"], 0, tmp_path)

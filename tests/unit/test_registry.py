@@ -118,3 +118,19 @@ def test_a_job_names_a_model_that_serves_its_kind() -> None:
                        '{"kind": "generate", "seed": 1, "model": "nope"}')
     found = [str(e) for e in info.value.errors]
     assert "does not serve video jobs" in found[0] and "unknown model" in found[1]
+
+
+def test_genfarm_kinds_lists_every_field_of_every_variant() -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from jobs.registry import schema_models
+
+    out = CliRunner().invoke(cli, ["kinds"]).output
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ")}
+    for fam in registry().families.values():
+        for schema in fam.kinds.values():
+            for model in schema_models(schema):
+                for name in set(model.model_fields) - {"model", "op"}:  # op: each variant's head
+                    assert name in listed, (fam.name, model.__name__, name)
+    assert {"ops[].color_transfer", "ops[].resize", "mix_seed", "strength"} <= listed
