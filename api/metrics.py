@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from jobs.catalog import Catalog
 from jobs.models import Batch, Job, utcnow
+from jobs.settings import Settings
+
+log = logging.getLogger("genfarm.api")
 
 LATENCY_BUCKETS = [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600]
 BATCH_BUCKETS = [1, 10, 100, 1000, 10_000, 100_000]
@@ -65,3 +70,20 @@ class FarmCollector(Collector):
             for name, depth in depths.items():
                 queue.add_metric([name], float(depth))
             yield queue
+
+
+def queue_depths(settings: Settings, catalog: Catalog) -> dict[str, int] | None:
+    """Messages waiting in each of the farm's queues, where the broker can tell (Redis)."""
+    url = settings.resolved_broker_url()
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return {q: int(client.llen(q)) for q in catalog.queues()}
+    except redis.RedisError as exc:  # the other figures still count; /healthz tells the rest
+        log.warning("queue depths unavailable: %s", exc)
+        return None
+    finally:
+        client.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BatchRequest(BaseModel):
     """A manifest as JSON: the same job lines the CLI takes, one object each."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
     # items are checked one by one by the manifest validator, so each bad one is named
     jobs: list[Any] = Field(description="Job lines (objects), e.g. {\"kind\": \"generate\", \"seed\": 7}.")
@@ -17,8 +19,9 @@ class BatchRequest(BaseModel):
 
 
 class LineProblem(BaseModel):
-    line: int = Field(description="1-based position of the job line (or JSONL line).")
-    field: str
+    line: int = Field(description="1-based position of the job line (or JSONL line); "
+                                  "0 for the request body itself.")
+    field: str = Field(description="Dotted path of the field at fault, e.g. seed or source.")
     message: str
 
 
@@ -94,4 +97,5 @@ class ActionResult(BaseModel):
 
 class Health(BaseModel):
     ok: bool
-    checks: dict[str, str]
+    checks: dict[str, str] | None = Field(
+        None, description="Each check's outcome: only for the admin token (errors may name hosts).")

@@ -23,8 +23,10 @@ def api(settings: Settings, host: str, port: int, workers: int) -> None:
 
     if workers > 1:
         click.echo("one process per `genfarm api`; run several behind a proxy to scale", err=True)
+    # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app believes them only
+    # from GENFARM_API_TRUSTED_PROXIES (whatever server runs it), so uvicorn's are off
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                proxy_headers=True)
+                proxy_headers=False, server_header=False)
 
 
 @click.group()

@@ -93,21 +93,24 @@ def validate_records(
     specs: list[JobSpec] = []
     lines: dict[int, _Line] = {}
     total = 0
-    for line, record, strict in records:
-        if isinstance(record, LineError):
-            errors.append(record)
-            continue
-        parsed = _Line(line, record, strict, default_max_attempts, catalog, lines)
-        lines[line] = parsed
-        total += parsed.size
-        if total > MAX_JOBS:
-            errors.append(LineError(line, "", f"the manifest would make at least {total} jobs "
-                                              f"(up to this line); the limit is {MAX_JOBS}"))
-            break
-        line_specs = parsed.expand(len(specs))
-        errors.extend(parsed.errors)
-        if not errors:
-            specs.extend(line_specs)
+    try:
+        for line, record, strict in records:
+            if isinstance(record, LineError):
+                errors.append(record)
+                continue
+            parsed = _Line(line, record, strict, default_max_attempts, catalog, lines)
+            lines[line] = parsed
+            total += parsed.size
+            if total > MAX_JOBS:
+                errors.append(LineError(line, "", f"the manifest would make at least {total} jobs "
+                                                  f"(up to this line); the limit is {MAX_JOBS}"))
+                break
+            line_specs = parsed.expand(len(specs))
+            errors.extend(parsed.errors)
+            if not errors:
+                specs.extend(line_specs)
+    finally:
+        lines.clear()  # each line refers back to ``lines``: a cycle only a full collection frees
     if not errors and not specs:
         errors.append(LineError(1, "", "the manifest has no jobs"))
     if errors:

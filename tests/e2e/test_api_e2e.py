@@ -21,7 +21,8 @@ def test_submit_poll_and_download_over_http(tmp_path: Path, workers: Workers, pg
                                             redis_url: str, s3_bucket: str, s3_endpoint: str) -> None:
     env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
            "GENFARM_STORAGE_URL": f"s3://{s3_bucket}/api", "GENFARM_MODEL_PROFILE": "tiny",
-           "GENFARM_DATA_DIR": str(tmp_path / "data"), "AWS_ENDPOINT_URL": s3_endpoint, **S3_ENV}
+           "GENFARM_DATA_DIR": str(tmp_path / "data"), "AWS_ENDPOINT_URL": s3_endpoint,
+           "GENFARM_API_ADMIN_TOKEN": "operators-only", **S3_ENV}
     upgrade(pg_url)
     made = run_cli("token", "create", "--project", "studio-a", env=env)
     assert made.returncode == 0, made.stderr
@@ -37,7 +38,7 @@ def test_submit_poll_and_download_over_http(tmp_path: Path, workers: Workers, pg
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=base, timeout=30) as http:
-            assert http.get("/healthz").json()["ok"] is True
+            assert http.get("/healthz").json() == {"ok": True}
             assert http.get("/openapi.json").json()["info"]["title"] == "genfarm"
             jobs = [{"kind": "generate", "seed": {"range": [0, 24]}, "width": 64, "height": 64}]
             r = http.post("/v1/batches", json={"jobs": jobs, "source": "http-test"}, headers=headers)
@@ -65,7 +66,8 @@ def test_submit_poll_and_download_over_http(tmp_path: Path, workers: Workers, pg
                 assert out["url"].startswith(s3_endpoint)  # presigned, straight from the store
                 data = httpx.get(out["url"], timeout=30).content  # no API token needed
                 assert hashlib.sha256(data).hexdigest() == out["sha256"] and len(data) == out["bytes"]
-            metrics = http.get("/metrics").text
+            assert http.get("/metrics", headers=headers).status_code == 403  # a project's token
+            metrics = http.get("/metrics", headers={"Authorization": "Bearer operators-only"}).text
             assert 'genfarm_jobs{kind="generate",state="succeeded"} 24.0' in metrics
     finally:
         server.terminate()

@@ -1,5 +1,7 @@
 """The HTTP API in-process (FastAPI's test client) on real PostgreSQL and Redis: auth, project
-isolation, validation errors, limits, health and metrics; schemathesis against its OpenAPI."""
+isolation, validation errors, limits, health and metrics, problem answers for bad input and bad
+stored outputs; schemathesis against its OpenAPI. (What needs a real server process or a real
+outage is in tests/e2e/test_api_hardening.py.)"""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import select
 
 from api.app import create_app
 from jobs.db import upgrade
-from jobs.models import ApiToken
+from jobs.models import ApiToken, Batch, Job, Output, utcnow
 from jobs.settings import Settings
 from jobs.tokens import create_token
 
@@ -26,12 +29,16 @@ def farm(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, Any]:
     upgrade(pg_url)
     cfg = Settings(database_url=pg_url, broker_url=redis_url, data_dir=tmp_path / "data",
                    storage_url=(tmp_path / "out").as_uri(), api_rate_per_minute=6000,
-                   api_rate_burst=1000, api_max_body_bytes=64 * 1024)
+                   api_rate_burst=1000, api_max_body_bytes=64 * 1024,
+                   api_admin_token=SecretStr(ADMIN))
     app = create_app(cfg)
     with app.state.sessions.begin() as s:
         a = create_token(s, "studio-a", "tests")
         b = create_token(s, "studio-b", "tests")
     return {"app": app, "client": TestClient(app), "a": a.token, "b": b.token, "settings": cfg}
+
+
+ADMIN = "operators-only-secret"
 
 
 def auth(token: str) -> dict[str, str]:
@@ -116,20 +123,172 @@ def test_body_size_and_rate_limits(tmp_path: Path, farm: dict[str, Any]) -> None
     assert slow.get("/v1/batches", headers=auth(farm["b"])).status_code == 200  # per token
 
 
-def test_health_and_metrics(farm: dict[str, Any]) -> None:
+def test_health_and_metrics_show_farm_wide_figures_only_to_the_admin_token(
+        farm: dict[str, Any]) -> None:
     c = farm["client"]
-    r = c.get("/healthz")
+    assert c.get("/healthz").json() == {"ok": True}  # anyone: ok or not, nothing more
+    assert c.get("/healthz", headers=auth(farm["a"])).json() == {"ok": True}
+    r = c.get("/healthz", headers=auth(ADMIN))
     assert r.status_code == 200 and r.json() == {"ok": True, "checks": {
         "database": "ok", "broker": "ok", "storage": "ok"}}
-    c.post("/v1/batches", json={"jobs": JOBS}, headers=auth(farm["a"]))
-    text = c.get("/metrics").text
-    assert 'genfarm_jobs{kind="noop",state="queued"} 1.0' in text
-    assert 'genfarm_queue_depth{queue="generate"} 2.0' in text
-    assert "genfarm_job_latency_seconds_bucket" in text and "genfarm_batch_jobs_count 1.0" in text
+    created = c.post("/v1/batches", json={"jobs": JOBS}, headers=auth(farm["a"]))
+    assert created.status_code == 201 and created.json()["published"], created.text
+    assert c.get("/metrics").status_code == 401
+    assert c.get("/metrics", headers=auth("gf_not-a-token")).status_code == 401
+    assert c.get("/metrics", headers=auth(farm["a"])).status_code == 403  # a project's token
+    r = c.get("/metrics", headers=auth(ADMIN))
+    assert r.status_code == 200
+    assert 'genfarm_jobs{kind="noop",state="queued"} 1.0' in r.text
+    assert 'genfarm_queue_depth{queue="noop"} 1.0' in r.text
+    assert "genfarm_job_latency_seconds_bucket" in r.text and "genfarm_batch_jobs_count 1.0" in r.text
+    # the admin token may be configured as its sha256 only
+    hashed = TestClient(create_app(farm["settings"].model_copy(update={"api_admin_token": SecretStr(
+        "sha256:" + hashlib.sha256(ADMIN.encode()).hexdigest())})))
+    assert hashed.get("/metrics", headers=auth(ADMIN)).status_code == 200
+    assert hashed.get("/metrics", headers=auth("sha256:" + hashlib.sha256(ADMIN.encode())
+                                              .hexdigest())).status_code == 401
     broken = TestClient(create_app(farm["settings"].model_copy(
         update={"storage_url": "s3://no-such-bucket-genfarm/x", "s3_endpoint_url": "http://127.0.0.1:9"})))
     r = broken.get("/healthz")
-    assert r.status_code == 503 and r.json()["checks"]["storage"] != "ok"
+    assert r.status_code == 503 and r.json() == {"ok": False}  # no exception text, no hosts
+    r = broken.get("/healthz", headers=auth(ADMIN))
+    checks = r.json()["checks"]
+    assert r.status_code == 503 and checks["database"] == "ok" and checks["storage"] != "ok"
+
+
+def post_json(c: TestClient, body: bytes, token: str) -> Any:
+    return c.post("/v1/batches", content=body,
+                  headers={**auth(token), "Content-Type": "application/json"})
+
+
+def test_a_json_body_error_names_the_field(farm: dict[str, Any]) -> None:
+    c = farm["client"]
+    for body, field, says in [
+            (b'{"jobs": "x"}', "jobs", "list"),
+            (b'{}', "jobs", "required"),
+            (b'{"jobs": [{"kind": "noop"}], "source": 5}', "source", "string"),
+            (b'{"jobs": [{"kind": "noop"}], "source": "' + b"s" * 300 + b'"}', "source", "255"),
+            (b'{"jobs": [{"kind": "noop"}], "sorce": "typo"}', "sorce", "not permitted"),
+            (b'{"jobs": [], "jobs": [{"kind": "noop"}]}', "", "twice"),
+            (b'{"jobs": [{"kind": "noop"},\n  }', "", "line 2 column 3"),
+            (b'{"jobs": [{"kind": "noop", "tag": NaN}]}', "", "NaN"),
+            (b'\xff{}', "", "UTF-8"),
+            (b'[' * 30_000 + b']' * 30_000, "", "invalid JSON")]:
+        r = post_json(c, body, farm["a"])
+        assert r.status_code == 422, (body[:60], r.text)
+        [error] = r.json()["errors"]
+        assert error["line"] == 0 and error["field"] == field, (body[:60], error)
+        assert says in error["message"], (body[:60], error)
+    r = post_json(c, b'{"jobs": [{"kind": "noop"}, {"kind": "noop", "tga": 1}]}', farm["a"])
+    assert [(e["line"], e["field"]) for e in r.json()["errors"]] == [(2, "tga")]
+    assert c.get("/v1/batches", headers=auth(farm["a"])).json()["total"] == 0
+
+
+def test_nul_characters_are_a_422_naming_the_field(farm: dict[str, Any]) -> None:
+    """PostgreSQL cannot store NUL in text: wherever a request string could reach it, the
+    answer is a 422 naming the field, not a 500 from the database."""
+    c, token = farm["client"], farm["a"]
+    for body, line, field in [
+            ({"jobs": [{"kind": "noop"}], "source": "a\x00b"}, 0, "source"),
+            ({"jobs": [{"kind": "noop"}, {"kind": "noop", "fail": "nev\x00er"}]}, 2, "fail"),
+            ({"jobs": [{"kind": "noop", "x": {"y": ["\x00"]}}]}, 1, "x.y.0"),
+            ({"jobs": [{"kind": "noop"}], "label\x00": 1}, 0, "label\x00")]:
+        r = c.post("/v1/batches", json=body, headers=auth(token))
+        assert r.status_code == 422, (body, r.text)
+        [error] = r.json()["errors"]
+        assert (error["line"], error["field"]) == (line, field) and "NUL" in error["message"]
+    r = c.post("/v1/batches", content=b'{"kind": "noop"}\n{"kind": "noop", "fail": "\\u0000"}\n',
+               headers={**auth(token), "Content-Type": "application/x-ndjson"})
+    assert r.status_code == 422 and [(e["line"], e["field"]) for e in r.json()["errors"]] == [
+        (2, "fail")]
+    for method, path, loc in [("GET", "/v1/batches/ab%00cd", ["path", "batch_id"]),
+                              ("POST", "/v1/batches/%00/cancel", ["path", "batch_id"]),
+                              ("POST", "/v1/batches/%00abc/retry", ["path", "batch_id"]),
+                              ("GET", "/v1/jobs/x%00", ["path", "job_id"]),
+                              ("GET", "/v1/jobs/abc/outputs/a%00b", ["path", "name"]),
+                              ("GET", "/v1/batches?offset=1&x=%00", ["query", "x"])]:
+        r = c.request(method, path, headers=auth(token))
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["detail"][0]["loc"] == loc and "NUL" in r.json()["detail"][0]["msg"]
+    assert c.get("/v1/batches", headers=auth(token)).json()["total"] == 0
+
+
+def test_requests_without_a_valid_token_are_rate_limited_per_client(farm: dict[str, Any]) -> None:
+    app = create_app(farm["settings"].model_copy(
+        update={"api_rate_per_minute": 1, "api_rate_burst": 3}))
+    guesser = TestClient(app, client=("10.0.0.1", 40000))
+    codes = [guesser.get("/v1/batches", headers=auth(f"gf_guess-{i}")).status_code
+             for i in range(2)] + [guesser.get("/v1/batches").status_code for _ in range(2)]
+    assert codes == [401, 401, 401, 429]
+    r = guesser.get("/v1/batches", headers=auth("gf_guess-again"))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # spent: even a real token from that address waits (it would otherwise tell right from wrong)
+    assert guesser.get("/v1/batches", headers=auth(farm["a"])).status_code == 429
+    assert guesser.get("/metrics", headers=auth("wrong")).status_code == 429
+    other = TestClient(app, client=("10.0.0.2", 40000))
+    assert other.get("/v1/batches", headers=auth("gf_guess")).status_code == 401
+    assert other.get("/v1/batches", headers=auth(farm["a"])).status_code == 200
+
+
+def add_output(farm: dict[str, Any], job: Job, name: str, data: bytes, key: str | None = None,
+               store_it: bool = True) -> str:
+    """An output as a worker records it: the object in storage, then its row."""
+    store = farm["app"].state.farm.storage
+    key = key or store.job_key("studio-a", job.batch_id, job.id, name)
+    if store_it:
+        store.put(key, data, "application/octet-stream")
+    with farm["app"].state.sessions.begin() as s:
+        s.add(Output(job_id=job.id, name=name, key=key, sha256=hashlib.sha256(data).hexdigest(),
+                     bytes=len(data), content_type="application/octet-stream"))
+    return str(key)
+
+
+def test_outputs_download_by_configured_urls_and_bad_ones_are_clear_problems(
+        farm: dict[str, Any]) -> None:
+    c, token = farm["client"], farm["a"]
+    batch = c.post("/v1/batches", json={"jobs": JOBS}, headers=auth(token)).json()["batch_id"]
+    with farm["app"].state.sessions() as s:
+        job = s.scalars(select(Job).where(Job.batch_id == batch).order_by(Job.index)).first()
+        assert job is not None
+    store = farm["app"].state.farm.storage
+    add_output(farm, job, "good.bin", b"the bytes")
+    damaged = add_output(farm, job, "damaged.bin", b"as recorded")
+    with farm["app"].state.sessions.begin() as s:  # another project's object, by a bad row
+        s.add(Batch(id="b" * 32, project="studio-b", source="t", job_count=1, created_at=utcnow()))
+    theirs = add_output(farm, job, "theirs.bin", b"not yours",
+                        key=store.job_key("studio-b", "b" * 32, "c" * 32, "x.bin"))
+    (store.root.parent / "outside.bin").write_bytes(b"not yours")
+    for name, key in [("escape.bin", "../outside.bin"),
+                      ("sneak.bin", store.batch_prefix("studio-a", batch) + "../../../outside.bin")]:
+        add_output(farm, job, name, b"not yours", key=key, store_it=False)
+    folder = add_output(farm, job, "folder.bin", b"x")
+
+    r = c.get(f"/v1/jobs/{job.id}", headers={**auth(token), "Host": "evil.example"})
+    urls = {o["name"]: o["url"] for o in r.json()["outputs"]}
+    assert urls["good.bin"] == f"/v1/jobs/{job.id}/outputs/good.bin" and "evil" not in r.text
+    public = TestClient(create_app(farm["settings"].model_copy(
+        update={"api_public_url": "https://farm.example.com/gf/"})))
+    r = public.get(f"/v1/jobs/{job.id}", headers={**auth(token), "Host": "evil.example",
+                                                   "X-Forwarded-Host": "evil.example"})
+    assert {o["url"] for o in r.json()["outputs"] if o["name"] == "good.bin"} == {
+        f"https://farm.example.com/gf/v1/jobs/{job.id}/outputs/good.bin"}
+    r = c.get(urls["good.bin"], headers=auth(token))
+    assert r.status_code == 200 and r.content == b"the bytes"
+
+    store.path_of(damaged).write_bytes(b"overwritten")  # the stored object no longer matches
+    r = c.get(urls["damaged.bin"], headers=auth(token))
+    assert r.status_code == 502 and "sha256" in r.json()["detail"] and b"overwritten" not in r.content
+    for name in ("theirs.bin", "escape.bin", "sneak.bin"):
+        r = c.get(urls[name], headers=auth(token))
+        assert r.status_code == 500 and "key" in r.json()["detail"], r.text
+        assert b"not yours" not in r.content and "outside" not in r.text
+    assert store.get(theirs) == b"not yours"  # it exists; it is just not served
+
+    store.path_of(folder).unlink()
+    store.path_of(folder).mkdir()  # reading it fails in a way no handler foresees
+    quiet = TestClient(farm["app"], raise_server_exceptions=False)
+    r = quiet.get(urls["folder.bin"], headers=auth(token))
+    assert r.status_code == 500 and r.json() == {"detail": "internal error (logged)"}
 
 
 def test_openapi_conformance(farm: dict[str, Any]) -> None:
