@@ -50,9 +50,9 @@ def kinds(settings: Settings, as_json: bool) -> None:
     from jobs.registry import Variants, schema_models
 
     catalog = load_catalog(settings)
-    families: dict[str, list[str]] = {}
+    families: dict[str, list[str]] = {name: [] for name in catalog.registry.families}
     for name, entry in catalog.models.items():
-        families.setdefault(entry.family, []).append(name)
+        families[entry.family].append(name)
     if as_json:
         out: dict[str, Any] = {}
         for kind in catalog.registry.kinds:
@@ -71,7 +71,9 @@ def kinds(settings: Settings, as_json: bool) -> None:
             schema = catalog.registry.families[fam_name].kinds.get(spec.name)
             if schema is None:
                 continue
-            click.echo(f"  on {', '.join(models)} ({fam_name}):")
+            on = (f"on {', '.join(models)} ({fam_name})" if models
+                  else f"on {fam_name} models (none declared in the models file yet)")
+            click.echo(f"  {on}:")
             for model in schema_models(schema):
                 indent = "    "
                 if isinstance(schema, Variants):

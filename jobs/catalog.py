@@ -219,13 +219,19 @@ def check_model(catalog: Catalog, name: str, *, digest: bool = True) -> ModelChe
         if importlib.util.find_spec(needed) is None:
             problems.append(f"needs the {needed} package ({spec.install_hint or 'pip install ' + needed})")
     sha = None
-    if entry.weights and "://" not in entry.weights:
-        local = Path(entry.weights)
+    weights = entry.weights
+    if weights and weights.startswith("file://"):
+        weights = weights[len("file://"):]
+    if weights and "://" not in weights:
+        local = Path(weights)
         if not local.exists():
             problems.append(f"weights {entry.weights}: no such file or folder")
         elif digest:
-            sha = weights_digest(local)
-            if entry.sha256 and sha != entry.sha256:
+            try:
+                sha = spec.digest(entry) if spec.digest else weights_digest(local)
+            except GenfarmError as exc:
+                problems.append(str(exc))
+            if sha and entry.sha256 and sha != entry.sha256:
                 problems.append(f"weights {entry.weights}: sha256 {sha} is not the pinned "
                                 f"{entry.sha256}")
     return ModelCheck(entry, list(spec.kinds), sha, problems)

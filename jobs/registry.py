@@ -145,6 +145,9 @@ class FamilySpec:
     generated_kind: str | None = None
     demo: str = ""  # a small manifest `genfarm demo` runs on the first model with one
     demo_summary: str = ""
+    # the weights' sha256 as the worker computes it (e.g. of the snapshot a cache folder points
+    # at); None: jobs.catalog.weights_digest of the declared path
+    digest: Callable[[ModelEntry], str] | None = None
     uses_device: bool = True  # False: its worker runs on the CPU whatever the device
     requires: tuple[str, ...] = ()  # Python packages its worker needs beyond genfarm's own
     install_hint: str = ""  # how to install them, e.g. "pip install 'genfarm[diffusers]'"

@@ -37,6 +37,8 @@ from workers.family import Artifact, Family, JobContext, JobFailed
 
 log = logging.getLogger("genfarm.worker")
 
+SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
+
 
 def is_oom(exc: BaseException) -> bool:
     """Host or device memory ran out (torch's OutOfMemoryError, by class, on any backend)."""
@@ -99,6 +101,7 @@ class Runtime:
         self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
         self.catalog: Catalog = load_catalog(settings)
         self.families: dict[str, Family] = {}
+        self.broken: dict[str, tuple[float, Exception]] = {}  # model -> (when, why) setup failed
         self._device: str | None = None
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
 
@@ -111,14 +114,22 @@ class Runtime:
     def family(self, model: str) -> Family:
         """The worker side of ``model``, set up on this process's device on first use."""
         fam = self.families.get(model)
-        if fam is None:
+        if fam is not None:
+            return fam
+        failed = self.broken.get(model)
+        if failed is not None and time.monotonic() - failed[0] < SETUP_RETRY_S:
+            raise failed[1]  # do not load (and hash) gigabytes again for every pass
+        try:
             if model not in self.catalog.models:
                 raise PipelineError(f"model {model!r} is not in this worker's models file")
             spec = self.catalog.family(model)
             fam = spec.load_worker()(self.catalog.models[model], self.settings)
             device = self.device if spec.uses_device else "cpu"
             fam.setup(device, default_dtype(self.settings, device))
-            self.families[model] = fam
+        except Exception as exc:
+            self.broken[model] = (time.monotonic(), exc)
+            raise
+        self.families[model] = fam
         return fam
 
     def close(self) -> None:
@@ -201,8 +212,18 @@ class Runtime:
                   report: UnitReport) -> None:
         """One forward pass. A pass that fails is split in halves and each half retried, so a
         poison job ends up failing alone; out of memory also lowers the size that fits."""
+        model = chunk[0].model or chunk[0].params.get("model", "")
         try:
-            fam = self.family(chunk[0].model or chunk[0].params.get("model", ""))
+            fam = self.family(model)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model, not its jobs: they go back, retried
+            log.error("model %s cannot run on this worker: %s", model, _describe(exc))
+            self._record(owner, [JobResult(j.id, error=f"model {model} cannot run on this "
+                                           f"worker: {_describe(exc)}", retryable=True)
+                                 for j in chunk], report)
+            return
+        try:
             t0 = time.perf_counter()
             results = fam.run([self._context(owner, j, projects[j.batch_id]) for j in chunk])
             share = (time.perf_counter() - t0) / len(chunk)

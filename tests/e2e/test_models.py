@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -83,18 +84,48 @@ def test_the_example_plugin_runs_through_a_real_worker(
         db.close()
 
 
-def test_each_job_runs_on_a_worker_that_serves_its_model(
-        tmp_path: Path, plugin_path: Path, redis_url: str, pg_url: str, workers: Workers) -> None:
+@pytest.fixture(scope="module")
+def sd_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable Diffusion saved with save_pretrained: a studio's model folder."""
+    pytest.importorskip("diffusers")
+    from tests.unit.test_diffusers_family import build_tiny_sd
+
+    folder = tmp_path_factory.mktemp("models") / "sd-tiny"
+    build_tiny_sd(folder)
+    return folder
+
+
+def png_of(store: Any, out: Any) -> bytes:
+    data: bytes = store.get(out.key, sha256=out.sha256)
+    return data
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_aether_and_diffusers_jobs_each_run_on_the_worker_that_serves_their_model(
+        tmp_path: Path, plugin_path: Path, sd_tiny: Path, redis_url: str, pg_url: str,
+        workers: Workers) -> None:
+    from jobs.catalog import weights_digest
+
     models = tmp_path / "models.toml"
-    models.write_text((EXAMPLE / "models.toml").read_text())
+    models.write_text(f'[models.sd-tiny]\nfamily = "diffusers"\nweights = "{sd_tiny}"\n'
+                      f'sha256 = "{weights_digest(sd_tiny)}"\n')
     env = farm_env(tmp_path, plugin_path, models, redis_url, pg_url)
     assert run_cli("db", "upgrade", env=env).returncode == 0
+    listed = {m["name"]: m for m in json.loads(run_cli("models", "--json", env=env).stdout)}
+    assert listed["sd-tiny"]["loadable"] and listed["sd-tiny"]["sha256"] == weights_digest(sd_tiny)
+    store = open_storage(env["GENFARM_STORAGE_URL"])
+    plate = Image.new("RGB", (64, 64), (200, 40, 40))
+    buf = io.BytesIO()
+    plate.save(buf, format="PNG")
+    store.put("studio/in/plate.png", buf.getvalue(), "image/png")
+    sd = {"model": "sd-tiny", "steps": 3, "width": 64, "height": 64}
     manifest = tmp_path / "mixed.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in [
-        {"kind": "generate", "seed": {"range": [0, 6]}, "width": 32, "height": 32},
-        {"kind": "generate", "model": "cppn", "seed": {"range": [0, 6]}, "width": 32,
-         "height": 32},
+        {"kind": "generate", "seed": {"range": [0, 4]}, "width": 32, "height": 32},
+        {"kind": "generate", "prompt": ["a red barn", "a blue boat"], "seed": [1, 2], **sd},
         {"kind": "edit", "op": "rerender", "source": {"line": 1}, "yaw": 30},
+        {"kind": "edit", "op": "img2img", "prompt": "a red barn at dusk", "seed": 5,
+         "strength": 0.7, "source": {"key": "in/plate.png"}, **sd},
     ]) + "\n")
     sub = run_cli("submit", str(manifest), "--project", "studio", "--json", env=env)
     assert sub.returncode == 0, sub.stderr
@@ -102,17 +133,39 @@ def test_each_job_runs_on_a_worker_that_serves_its_model(
     first = workers.start(env, "--models", "aether")
     db = Db(pg_url)
     try:
-        # aether's jobs finish; cppn's wait, and status says no worker serves their model
-        db.wait(batch_id, workers, until=lambda d: d.counts(batch_id).get("succeeded") == 12)
+        # aether's jobs finish; sd-tiny's wait, and status says no worker serves their model
+        db.wait(batch_id, workers, until=lambda d: d.counts(batch_id).get("succeeded") == 8)
         status = run_cli("status", batch_id[:8], env=env)
-        assert "6 queued jobs wait for model cppn: no running worker serves it" in status.stdout
-        workers.start(env, "--models", "cppn")
+        assert "5 queued jobs wait for model sd-tiny: no running worker serves it" in status.stdout
+        workers.start(env, "--models", "sd-tiny")
         batch = db.wait(batch_id, workers)
         assert batch.status == "succeeded", workers.logs()
         claims = {e.job_id: e.worker for e in db.events(batch_id) if e.to_status == "running"}
-        for job in db.jobs(batch_id):  # a lease owner is host:worker-pid:process-pid:claim
+        jobs = db.jobs(batch_id)
+        for job in jobs:  # a lease owner is host:worker-pid:process-pid:claim
             on_first = f":{first.pid}:" in claims[job.id]
             assert on_first == (job.model == "aether"), (job.model, claims[job.id])
-        assert {j.queue for j in db.jobs(batch_id)} == {"aether", "cppn"}
+        assert {j.queue for j in jobs} == {"aether", "sd-tiny"}
+        outputs = {o.job_id: o for o in db.outputs(batch_id)}
+        for job in jobs:
+            prov = read_png_provenance(png_of(store, outputs[job.id]))
+            assert prov["model"] == job.model
+            if job.model == "sd-tiny":
+                assert prov["weights_sha256"] == weights_digest(sd_tiny)
+        # same seed, same image, on a rerun in another batch (alone in its pass this time;
+        # exact CPU mode, float64, makes the pixels independent of the batch)
+        again = tmp_path / "again.jsonl"
+        again.write_text(json.dumps({"kind": "generate", "prompt": "a blue boat", "seed": 2, **sd}))
+        rerun = json.loads(run_cli("submit", str(again), "--project", "studio", "--json",
+                                   env=env).stdout)["batch_id"]
+        assert db.wait(rerun, workers).status == "succeeded"
+        [fresh] = db.outputs(rerun)
+        boat = next(j for j in jobs if j.params.get("prompt") == "a blue boat"
+                    and j.params["seed"] == 2)
+        def pixels(data: bytes) -> bytes:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB").tobytes()
+
+        assert pixels(png_of(store, fresh)) == pixels(png_of(store, outputs[boat.id]))
     finally:
         db.close()
