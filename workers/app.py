@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
+from kombu import Queue
 from celery.signals import worker_shutting_down
 
 from jobs.settings import Settings
@@ -49,6 +50,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
     """A Celery app bound to ``settings``; tasks find their per-process runtime through it.
     ``models``: what a worker of this app serves (it announces them), default every model."""
+    queues = farm_queues(settings)
     app = Celery("genfarm", broker=settings.resolved_broker_url(), set_as_current=False)
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
@@ -56,7 +58,9 @@ def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_send_task_events=True, task_send_sent_event=True,  # for Flower
         broker_connection_retry_on_startup=True, broker_connection_max_retries=None,
-        task_default_queue="genfarm", task_create_missing_queues=True,
+        # one queue per model (and one for its long jobs): Flower lists each, by model
+        task_queues=[Queue(name) for name in queues], task_default_queue=queues[0],
+        task_create_missing_queues=True,
         broker_transport_options=broker_options(settings),
         worker_hijack_root_logger=False,
     )

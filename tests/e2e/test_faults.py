@@ -143,7 +143,7 @@ def test_poison_oom_and_transient_jobs(tmp_path: Path, workers: Workers, pg_url:
     assert bad.params["fail"] == "always" and "this job always fails" in bad.error
     assert bad.attempt == 1  # a permanent error: no retries
     assert db.counts(oom) == {"succeeded": 32}
-    assert "passes of noop now hold 4" in workers.logs(tail=None)
+    assert "passes of noop:noop now hold 4" in workers.logs(tail=None)
     assert db.counts(flaky) == {"succeeded": 4} and {j.attempt for j in db.jobs(flaky)} == {2}
     status = run_cli("status", poison, "--failed", env=env)
     assert "this job always fails" in status.stdout

@@ -49,7 +49,7 @@ def test_flower_sees_workers_tasks_and_queues(tmp_path: Path, workers: Workers, 
             time.sleep(1)
         assert any(name.startswith("genfarm-") for name in seen_workers), seen_workers
         [(name, info)] = [(n, i) for n, i in seen_workers.items() if n.startswith("genfarm-")]
-        assert {q["name"] for q in info.get("active_queues", [])} >= {"generate"}
+        assert {q["name"] for q in info.get("active_queues", [])} >= {"aether"}  # by model
         if CHROMIUM:
             shot = Path(os.environ.get("GENFARM_ARTIFACTS", tmp_path)) / "flower-dashboard.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def test_flower_sees_workers_tasks_and_queues(tmp_path: Path, workers: Workers, 
         units = [t for t in tasks.values() if t["name"] == "genfarm.run_unit"]
         assert len(units) >= 4 and all(t["worker"] == name for t in units if t.get("worker"))
         assert sum(t["state"] == "SUCCESS" for t in units) >= 4
-        assert depth.get("generate", 0) >= 4  # 256 jobs waited as 4 work units
+        assert depth.get("aether", 0) >= 4  # 256 jobs waited as 4 work units, on their model's queue
     finally:
         os.killpg(flower.pid, 15)
         flower.wait(timeout=20)

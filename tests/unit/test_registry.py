@@ -134,3 +134,20 @@ def test_genfarm_kinds_lists_every_field_of_every_variant() -> None:
                 for name in set(model.model_fields) - {"model", "op"}:  # op: each variant's head
                     assert name in listed, (fam.name, model.__name__, name)
     assert {"ops[].color_transfer", "ops[].resize", "mix_seed", "strength"} <= listed
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dist = tmp_path / "studio_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: studio-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[genfarm.models]\nbroken = studio_broken_models:SPEC\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    for args in (["models"], ["worker", "--models", "aether"]):
+        out = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args],
+                             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert "entry point 'broken' (studio_broken_models:SPEC) failed to import" in out.stderr
