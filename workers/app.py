@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
-from kombu import Queue
 from celery.signals import worker_shutting_down
+from kombu import Queue
 
 from jobs.settings import Settings
 from jobs.submit import WorkUnit
