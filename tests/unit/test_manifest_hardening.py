@@ -180,3 +180,16 @@ def test_a_small_manifest_costs_little_whatever_it_says(text: str) -> None:
     tracemalloc.stop()
     assert spent < 1.0, f"{spent:.2f} s of CPU for {len(text)} bytes"
     assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MB for {len(text)} bytes"
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "ac\x00me", "acme ", "Acme", "a/b", ""])
+def test_names_end_at_the_real_end(name: str) -> None:
+    from jobs.submit import InvalidProject, check_project
+    from storage.errors import BadKey
+    from storage.keys import safe_part
+
+    with pytest.raises(InvalidProject):
+        check_project(name)
+    if name != "Acme":  # storage key parts may hold capitals, nothing else here
+        with pytest.raises(BadKey):
+            safe_part(name)
