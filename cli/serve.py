@@ -79,14 +79,21 @@ def flower(settings: Settings, address: str, port: int) -> None:
 
     Workers send task events; queue lengths show on Redis and RabbitMQ brokers.
     """
+    from flower.options import options as flower_options
+
     from workers.app import make_app
 
-    if not settings.flower_password:
-        raise click.UsageError("set GENFARM_FLOWER_PASSWORD: Flower is never served without auth")
+    user, password = settings.flower_user, settings.flower_password or ""
+    if not password.strip():
+        raise click.UsageError("set GENFARM_FLOWER_PASSWORD (not blank): Flower is never served "
+                               "without auth")
+    if not user.strip() or ":" in user:
+        raise click.UsageError("GENFARM_FLOWER_USER must be a non-blank name without ':'")
+    # Set as one credential, never through --basic-auth: Flower splits that option at commas
+    # (a password "a,b" would become two), and a command line shows in `ps` to every user.
+    flower_options.basic_auth = [f"{user}:{password}"]
     app = make_app(settings)
-    app.start(["flower", f"--address={address}", f"--port={port}",
-               f"--basic-auth={settings.flower_user}:{settings.flower_password}",
-               "--purge_offline_workers=60"])
+    app.start(["flower", f"--address={address}", f"--port={port}", "--purge_offline_workers=60"])
 
 
 @click.group()

@@ -78,3 +78,28 @@ def test_flower_sees_workers_tasks_and_queues(tmp_path: Path, workers: Workers, 
         os.killpg(flower.pid, 15)
         flower.wait(timeout=20)
 
+
+
+def test_a_password_with_commas_and_colons_is_one_password(tmp_path: Path, redis_url: str) -> None:
+    password = "p,a:ss w,rd:"
+    env = {**os.environ, "GENFARM_BROKER_URL": redis_url, "GENFARM_DATA_DIR": str(tmp_path),
+           "GENFARM_FLOWER_USER": "ops", "GENFARM_FLOWER_PASSWORD": password}
+    port = free_port()
+    flower = subprocess.Popen([str(BIN / "genfarm"), "flower", "--port", str(port)], env=env,
+                              stdout=(tmp_path / "flower.log").open("wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(port)
+        base = f"http://127.0.0.1:{port}/api/workers"
+        assert httpx.get(base, auth=("ops", password), timeout=10).status_code == 200
+        for wrong in ("p", "a:ss w", "rd:", "p,a", "ops:" + password):  # no piece of it opens
+            assert httpx.get(base, auth=("ops", wrong), timeout=10).status_code == 401, wrong
+        assert password not in " ".join(open(f"/proc/{flower.pid}/cmdline").read().split("\0"))
+    finally:
+        os.killpg(flower.pid, 15)
+        flower.wait(timeout=20)
+    for blank in ("", "   "):
+        out = subprocess.run([str(BIN / "genfarm"), "flower", "--port", str(free_port())],
+                             env={**env, "GENFARM_FLOWER_PASSWORD": blank}, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "GENFARM_FLOWER_PASSWORD" in out.stderr, out.stderr
