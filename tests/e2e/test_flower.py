@@ -94,7 +94,8 @@ def test_a_password_with_commas_and_colons_is_one_password(tmp_path: Path, redis
         assert httpx.get(base, auth=("ops", password), timeout=10).status_code == 200
         for wrong in ("p", "a:ss w", "rd:", "p,a", "ops:" + password):  # no piece of it opens
             assert httpx.get(base, auth=("ops", wrong), timeout=10).status_code == 401, wrong
-        assert password not in " ".join(open(f"/proc/{flower.pid}/cmdline").read().split("\0"))
+        cmdline = Path(f"/proc/{flower.pid}/cmdline").read_bytes().decode().split("\0")
+        assert password not in " ".join(cmdline)  # not on the command line for all to see
     finally:
         os.killpg(flower.pid, 15)
         flower.wait(timeout=20)
