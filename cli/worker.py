@@ -175,7 +175,65 @@ def model_export(settings: Settings, name: str, file: Path, profile: str | None)
     click.echo(printable(f"{file}  sha256:{digest}"))
 
 
+@model.command("train")
+@click.argument("name")
+@click.option("--out", "file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the trained weights (safetensors).")
+@click.option("--profile", default=None,
+              help="Size profile, where the family has several [default: GENFARM_MODEL_PROFILE].")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Training steps [default: the family's].")
+@click.option("--seed", type=int, default=0, show_default=True, help="The one seed of the run.")
+@settings_options
+@friendly_errors
+def model_train(settings: Settings, name: str, file: Path, profile: str | None,
+                steps: int | None, seed: int) -> None:
+    """Train model NAME's reference weights (the built-in generator learns procedural 3D
+    scenes) and write them to FILE. Declare the file as the model's weights to use it."""
+    from jobs.catalog import load_catalog
+
+    catalog = load_catalog(settings)
+    if name not in catalog.models:
+        raise click.UsageError(f"unknown model {name!r}; the models file has "
+                               f"{', '.join(catalog.models)}")
+    family = catalog.family(name).load_worker()(catalog.models[name], settings)
+    if not hasattr(family, "train_weights"):
+        raise click.ClickException(f"the {catalog.family(name).name} family cannot train weights")
+    digest = family.train_weights(file, profile, steps, seed, log=click.echo)
+    click.echo(printable(f"{file}  sha256:{digest}"))
+
+
+@click.command()
+@click.option("--all", "everywhere", is_flag=True,
+              help="Any worker of the farm answers [default: only those on this host].")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=3.0, show_default=True,
+              help="Seconds to wait for answers.")
+@settings_options
+@friendly_errors
+def ping(settings: Settings, everywhere: bool, timeout: float) -> None:
+    """Exit 0 when a worker on this host answers a ping over the farm's broker, else 1: the
+    health check of a worker container (its host name is the container's).
+
+    Workers name themselves genfarm-PID@HOST; this matches them by HOST, whatever their PID.
+    """
+    import socket
+
+    from workers.app import make_app
+
+    host = socket.gethostname()
+    replies = make_app(settings).control.ping(timeout=timeout) or []
+    names = sorted(name for reply in replies for name in reply)
+    mine = [n for n in names if everywhere or n.rpartition("@")[2] == host]
+    if not mine:
+        where = "in the farm" if everywhere else f"on {host}"
+        click.echo(printable(f"no worker {where} answered within {timeout:g}s"
+                             + (f" (others did: {', '.join(names)})" if names else "")), err=True)
+        sys.exit(1)
+    click.echo(printable("\n".join(f"{n}: pong" for n in mine)))
+
+
 def register(group: click.Group) -> None:
+    group.add_command(ping)
     group.add_command(worker)
     group.add_command(demo)
     group.add_command(model)

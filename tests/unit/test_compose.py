@@ -1,6 +1,6 @@
-"""docker-compose.yml cannot be started here (no Docker engine), so it is checked by reading it:
-every genfarm command exists in the CLI, every GENFARM_* variable is a known setting, and the
-production properties we rely on are set."""
+"""docker-compose.yml and the Dockerfile, read: every genfarm command exists in the CLI, every
+GENFARM_* variable is a known setting, and the production properties we rely on are set. (The
+commands and health checks themselves run in tests/e2e/test_compose_stack.py.)"""
 
 from __future__ import annotations
 
@@ -89,3 +89,19 @@ def test_dockerfile_copies_every_package() -> None:
     for package in ("jobs", "workers", "storage", "migrations", "cli", "api"):
         assert re.search(rf"^COPY {package} {package}$", text, re.M), package
     assert "torch==${TORCH_VERSION}" in text and "USER genfarm" in text
+    # a CPU-only variant by build argument, from the CPU wheel index
+    assert re.search(r"^ARG VARIANT=", text, re.M)
+    assert "cpu) pip install --index-url https://download.pytorch.org/whl/cpu" in text
+    # the non-root user can write where genfarm writes: GENFARM_DATA_DIR=/data, owned by it
+    assert re.search(r"^ENV .*GENFARM_DATA_DIR=/data", text, re.M)
+    assert "chown genfarm:genfarm /data" in text and 'VOLUME ["/data"]' in text
+
+
+def test_workers_keep_their_data_in_a_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("worker", "worker-cpu"):
+        assert "worker-data:/data" in services[name]["volumes"], name
+        assert services[name]["environment"]["GENFARM_DATA_DIR"] == "/data"
+    assert "worker-data" in compose["volumes"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "GENFARM_MODELS_FILE: /models/models.toml" in text and "./models:/models:ro" in text
