@@ -50,9 +50,8 @@ def rows_for(tables: dict[str, Table]) -> dict[str, list[dict[str, Any]]]:
         "jobs": [], "outputs": [], "job_events": [],
     }
     kinds = [("generate", generate, "generate:aether:32x32"), ("noop", noop, "noop")]
-    index = 0
-    for state in STATES + ["queued"]:
-        kind, params, key = kinds[index % 2] if state != "queued" else kinds[index % 2]
+    for index, state in enumerate(STATES + ["queued"]):
+        kind, params, key = kinds[index % 2]
         job_id = f"{index:032x}"
         out["jobs"].append(fit("jobs", {
             "id": job_id, "batch_id": "b" * 32, "index": index, "kind": kind, "params": params,
@@ -69,7 +68,6 @@ def rows_for(tables: dict[str, Table]) -> dict[str, list[dict[str, Any]]]:
             out["outputs"].append(fit("outputs", {
                 "job_id": job_id, "name": "image.png", "key": f"acme/{'b' * 32}/{job_id}/image.png",
                 "sha256": "0" * 64, "bytes": 10, "content_type": "image/png", "created_at": NOW}))
-        index += 1
     if "api_tokens" in tables:
         out["api_tokens"] = [fit("api_tokens", {"id": "t" * 32, "project": "acme",
                                                  "name": "pipeline", "token_sha256": "1" * 64,
