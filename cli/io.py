@@ -83,13 +83,17 @@ def read_manifest(path: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
 
 
 def _read_capped(stream: IO[bytes], name: str, limit: int) -> bytes:
-    buf = bytearray()
+    # chunks in a list, joined once at the end: a growing buffer may be copied when it is
+    # reallocated, which would hold the stream twice just before it is refused
+    chunks: list[bytes] = []
+    size = 0
     while True:
-        chunk = stream.read(min(CHUNK_BYTES, limit + 1 - len(buf)))
+        chunk = stream.read(min(CHUNK_BYTES, limit + 1 - size))
         if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise _too_large(name, limit)
 
 
