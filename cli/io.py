@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # a manifest is validated whole, so it is held in memory
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # validated whole, so held in memory: 100,000 long lines fit
 CHUNK_BYTES = 1024 * 1024
 
 # C0 and C1 controls (ESC starts terminal sequences, CR rewrites the line), DEL, and the
