@@ -33,6 +33,7 @@ class Objects(Protocol):
 
     def exists(self, key: str) -> bool: ...
     def get(self, key: str, sha256: str | None = None) -> bytes: ...
+    def read_head(self, key: str, size: int) -> bytes: ...
 
 
 def project_keys(prefix: str, project: str, key: str) -> list[str]:
@@ -151,7 +152,7 @@ class _Resolver:
         if full is None:
             return missing
         if issubclass(ref_type, AudioRef):
-            head = self.objects.get(full)[:12]
+            head = self.objects.read_head(full, 12)  # never the whole (maybe huge) file
             if not (head.startswith(AUDIO_MAGIC) or head[4:8] == b"ftyp"):
                 return f"{key!r} is not an audio file (WAV, MP3, Ogg, FLAC or M4A)"
         found["key"] = full

@@ -194,6 +194,9 @@ class _Lazy:
     def get(self, key: str, sha256: str | None = None) -> bytes:
         return bytes(self._get().get(key, sha256=sha256))
 
+    def read_head(self, key: str, size: int) -> bytes:
+        return bytes(self._get().read_head(key, size))
+
 
 def publish_jobs(sessions: sessionmaker[Session], publish: Publisher,
                  jobs: Sequence[tuple[str, str, str]], unit_size: int) -> None:

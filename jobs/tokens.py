@@ -5,15 +5,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.errors import GenfarmError
 from jobs.models import ApiToken, Project, utcnow
 from jobs.submit import check_project, new_id
 
 PREFIX = "gf_"
+
+
+class InvalidTokenName(GenfarmError, ValueError):
+    """A token label that is too long or holds control characters."""
 
 
 @dataclass(frozen=True)
@@ -27,14 +33,24 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_token_name(name: str) -> str:
+    """A token's label is shown in listings and logs: printable text of at most 128 characters,
+    never a control character (a newline, an escape sequence) that could forge a line."""
+    if len(name) > 128 or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InvalidTokenName(f"token name {name[:40]!r}: expected at most 128 printable "
+                               "characters")
+    return name
+
+
 def create_token(session: Session, project: str, name: str = "") -> NewToken:
     """A new token for ``project`` (created if it does not exist yet)."""
     check_project(project)
+    check_token_name(name)
     if session.get(Project, project) is None:
         session.add(Project(name=project, created_at=utcnow()))
         session.flush()
     token = PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(id=new_id(), project=project, name=name[:128], token_sha256=digest(token),
+    row = ApiToken(id=new_id(), project=project, name=name, token_sha256=digest(token),
                    created_at=utcnow())
     session.add(row)
     return NewToken(row.id, project, token)

@@ -41,6 +41,11 @@ class Storage:
             raise ChecksumMismatch(f"{key}: sha256 does not match the recorded {sha256}")
         return data
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The object's first ``size`` bytes (fewer if it is shorter), without reading the rest:
+        enough to tell what a file is, at a cost bounded whatever its size."""
+        return self._read_head(key, size)
+
     def exists(self, key: str) -> bool:
         return self._exists(key)
 
@@ -75,6 +80,9 @@ class Storage:
         raise NotImplementedError
 
     def _get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def _read_head(self, key: str, size: int) -> bytes:
         raise NotImplementedError
 
     def _exists(self, key: str) -> bool:

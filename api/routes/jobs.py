@@ -42,9 +42,10 @@ def get_job(job_id: str, who: Auth, farm: FarmDep) -> Any:
 
 @router.get("/{job_id}/outputs/{name}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}},
-                       500: {"model": Problem}, 502: {"model": Problem}, **REFUSALS})
+                       409: {"model": Problem}, 502: {"model": Problem}, **REFUSALS})
 def download_output(job_id: str, name: str, who: Auth, farm: FarmDep) -> Response:
-    """The bytes of one output, checked against its sha256 (502 if they no longer match)."""
+    """The bytes of one output, checked against its sha256 (502 if they no longer match; 409 if
+    its record names a key outside its batch, which is never served)."""
     with farm.sessions() as session:
         job = own_job(session, job_id, who)
         out = session.scalar(select(Output).where(Output.job_id == job.id, Output.name == name))
@@ -58,7 +59,7 @@ def download_output(job_id: str, name: str, who: Auth, farm: FarmDep) -> Respons
         raise HTTPException(404, "output missing from storage") from None
     except BadKey as exc:
         log.error("job %s output %s: bad stored key: %s", job.id, name, exc)
-        raise HTTPException(500, "the output's recorded storage key is not valid; "
+        raise HTTPException(409, "the output's recorded storage key is not valid; "
                                  "it was not served") from None
     except ChecksumMismatch as exc:
         log.error("job %s output %s: %s", job.id, name, exc)

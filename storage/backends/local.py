@@ -50,6 +50,13 @@ class LocalStorage(Storage):
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
 
+    def _read_head(self, key: str, size: int) -> bytes:
+        try:
+            with self.path_of(key).open("rb") as fh:
+                return fh.read(size)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
     def _exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 

@@ -54,6 +54,13 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, key) from exc
 
+    def _read_head(self, key: str, size: int) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{size - 1}")
+            return bytes(body["Body"].read())[:size]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, key) from exc
+
     def _exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)

@@ -200,7 +200,7 @@ def test_database_and_storage_outages_answer_503_and_damaged_objects_are_refused
         assert urls["good.bin"].startswith(endpoint + "/outages/farm/studio-a/")  # presigned
         assert urls["theirs.bin"] == f"/v1/jobs/{job.id}/outputs/theirs.bin"  # a bad row: not
         r = http.get(urls["theirs.bin"])
-        assert r.status_code == 500 and b"not yours" not in r.content
+        assert r.status_code == 409 and b"not yours" not in r.content
         s3.put_object(Bucket="outages", Key=f"farm/studio-a/{batch}/{job.id}/damaged.bin",
                       Body=b"SWAPPED behind the farm's back")
         r = http.get(damaged)

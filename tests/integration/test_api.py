@@ -280,7 +280,7 @@ def test_outputs_download_by_configured_urls_and_bad_ones_are_clear_problems(
     assert r.status_code == 502 and "sha256" in r.json()["detail"] and b"overwritten" not in r.content
     for name in ("theirs.bin", "escape.bin", "sneak.bin"):
         r = c.get(urls[name], headers=auth(token))
-        assert r.status_code == 500 and "key" in r.json()["detail"], r.text
+        assert r.status_code == 409 and "key" in r.json()["detail"], r.text
         assert b"not yours" not in r.content and "outside" not in r.text
     assert store.get(theirs) == b"not yours"  # it exists; it is just not served
 

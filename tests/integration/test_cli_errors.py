@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -319,25 +318,26 @@ def test_manifest_and_destination_paths_a_user_gets_wrong(tmp_path: Path) -> Non
     one_error(into_file, "a-file", "is a file", code=2)
 
 
+# Linux keeps a process's peak memory across exec, so a child forked straight from pytest would
+# report pytest's own size: a small launcher process forks `genfarm` instead and reports the peak
+# of its child alone.
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def run_measured(args: list[str], env: dict[str, str], stdin: Any = subprocess.DEVNULL,
                  timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run `genfarm`; return its result and the peak resident memory (MiB) of that process."""
-    with open(Path(env["GENFARM_DATA_DIR"]).parent / "stderr.txt", "w+") as err:
-        proc = subprocess.Popen([str(BIN / "genfarm"), *args], env={**os.environ, **env},
-                                stdin=stdin, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + timeout
-        while True:  # wait4, not wait: it reports this child's own peak memory
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise AssertionError(f"genfarm {args} ran past {timeout}s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return subprocess.CompletedProcess(args, proc.returncode, "", err.read()), usage.ru_maxrss / 1024
+    result = subprocess.run([str(BIN / "python"), "-c", LAUNCHER, str(BIN / "genfarm"), *args],
+                            env={**os.environ, **env}, stdin=stdin, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=timeout)
+    *lines, peak_kib = result.stderr.rstrip("\n").split("\n")
+    return (subprocess.CompletedProcess(args, result.returncode, "", "\n".join(lines) + "\n"),
+            int(peak_kib) / 1024)
 
 
 def test_submit_refuses_an_endless_file_at_the_limit_without_holding_more(tmp_path: Path) -> None:
@@ -374,3 +374,23 @@ def test_the_limit_is_exact_and_set_by_max_bytes(tmp_path: Path) -> None:
     assert json.loads(exact.stdout)["job_count"] == 100
     bad = run_cli("submit", str(path), "-p", "acme", "--max-bytes", "lots", env=env)
     one_error(bad, "--max-bytes", "'lots'", code=2)
+
+
+@pytest.mark.parametrize("name", ["ci\nerror: forged line", "ansi\x1b[2J", "bidi\u202eevil",
+                                  "x" * 129])
+def test_token_names_are_printable_labels(tmp_path: Path, name: str) -> None:
+    """A token's label shows in listings and logs: control characters and overlong labels are
+    refused (not cut or stored), and no token is made."""
+    from jobs.models import ApiToken
+
+    env = embedded(tmp_path)
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    result = run_cli("token", "create", "--project", "acme", "--name", name, env=env)
+    one_error(result, "token name", "printable", code=1)
+    assert "gf_" not in result.stdout
+    engine = make_engine(sqlite_of(tmp_path))
+    with session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(ApiToken)) == 0
+    engine.dispose()
+    ok = run_cli("token", "create", "--project", "acme", "--name", "nuke render é", env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("gf_"), ok.stderr

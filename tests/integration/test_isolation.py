@@ -35,8 +35,11 @@ def wav() -> bytes:
 
 @pytest.fixture(params=["local", "s3"])
 def farm(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> dict[str, Any]:
+    # a diffusers model declared by name (never loaded here: submission only validates)
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.sd]\nfamily = "diffusers"\nweights = "{tmp_path / "sd"}"\n')
     env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_DATA_DIR": str(tmp_path / "data"),
-           "GENFARM_MODEL_PROFILE": "tiny"}
+           "GENFARM_MODEL_PROFILE": "tiny", "GENFARM_MODELS_FILE": str(models)}
     if request.param == "local":
         env["GENFARM_STORAGE_URL"] = (tmp_path / "out").as_uri()
     else:
@@ -46,6 +49,7 @@ def farm(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> dict[st
                    GENFARM_S3_ENDPOINT_URL=endpoint)
     upgrade(pg_url)
     settings = Settings(database_url=pg_url, data_dir=tmp_path / "data", model_profile="tiny",
+                        models_file=models,
                         storage_url=env["GENFARM_STORAGE_URL"],
                         s3_endpoint_url=env.get("GENFARM_S3_ENDPOINT_URL"))
     # project a: one generated image, made by the real runner, and two uploads
@@ -68,9 +72,15 @@ def farm(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> dict[st
             "image_key": image.key, "tmp": tmp_path, "pg_url": pg_url}
 
 
+SD = {"model": "sd", "prompt": "a barn", "seed": 1, "source": {"key": "in/own.png"}}
+
+
 def lines_referencing(job: str, key: str, audio: str, plate: str) -> list[dict[str, Any]]:
-    """One line per way to reach another project's object."""
+    """One line per way to reach another project's object, a field that a plugin family adds
+    (the diffusers family's inpaint mask) among them."""
     return [
+        {"kind": "edit", "op": "inpaint", **SD, "mask": {"key": key}},
+        {"kind": "edit", "op": "inpaint", **SD, "mask": {"job": job}},
         {"kind": "edit", "op": "rerender", "source": {"job": job}, "yaw": 10},
         {"kind": "edit", "op": "image", "source": {"job": job}, "ops": [{"blur": 1}]},
         {"kind": "edit", "op": "image", "source": {"key": key}, "ops": [{"blur": 1}]},
@@ -125,7 +135,7 @@ def test_references_stay_inside_the_callers_project(farm: dict[str, Any]) -> Non
     # project a reaches the very same objects: the refusals above are about the project
     ok = run_cli("submit", "-", "--project", "a", "--json", env=farm["env"], input="\n".join(
         json.dumps(line) for line in lines_referencing(
-            farm["job"], farm["image_key"], a_audio, "in/plate.png")[:4]
+            farm["job"], farm["image_key"], a_audio, "in/plate.png")[2:6]
         + [{"kind": "edit", "op": "image", "source": {"key": "in/plate.png"},
             "ops": [{"color_transfer": {"key": farm["image_key"]}}]},
            {"kind": "video", "mode": "beats", "seed": 1, "audio": {"key": "in/track.wav"}}]
@@ -142,15 +152,33 @@ def test_the_api_resolves_references_inside_the_tokens_project(farm: dict[str, A
         token_a = create_token(s, "a", "tests").token
     client = TestClient(app)
     store = farm["store"]
+    store.put(join(store.prefix, "b", "in", "own.png"), store.get(farm["image_key"]), "image/png")
+    a_plate = join(store.prefix, "a", "in", "plate.png")
     a_audio = join(store.prefix, "a", "in", "track.wav")
-    for line in lines_referencing(farm["job"], farm["image_key"], a_audio, "a/in/plate.png"):
-        if line.get("source", {}).get("key") == "in/own.png":
-            continue
+    ghost_key = farm["image_key"].replace(farm["job"], uuid.uuid4().hex)
+    ghost_audio = a_audio.replace("track", "nothing")
+    real = lines_referencing(farm["job"], farm["image_key"], a_audio, "a/in/plate.png")
+    ghosts = lines_referencing(uuid.uuid4().hex, ghost_key, ghost_audio, "a/in/nothing.png")
+
+    def refusal(line: dict[str, Any]) -> str:
         answer = client.post("/v1/batches", json={"jobs": [line]},
                              headers={"Authorization": f"Bearer {token_b}"})
         assert answer.status_code == 422, answer.text
-        assert "this project" in json.dumps(answer.json()), answer.text
+        assert "this project" in answer.text, answer.text
+        return json.dumps(answer.json(), sort_keys=True)
+
+    seen, unseen = [refusal(line) for line in real], [refusal(line) for line in ghosts]
+    # every way in, the colour-transfer reference nested in ops too, reads the same whether or
+    # not project a has the object
+    assert normalized(seen, farm["image_key"], a_plate, a_audio, "a/in/plate.png") == normalized(
+        unseen, ghost_key, ghost_audio, "a/in/nothing.png")
+    engine = make_engine(farm["pg_url"])
+    with session_factory(engine)() as s:  # nothing written for b
+        assert s.scalar(select(func.count()).select_from(Batch).where(Batch.project == "b")) == 0
+    engine.dispose()
     mine = client.post("/v1/batches", json={"jobs": [
-        {"kind": "edit", "op": "image", "source": {"job": farm["job"]}, "ops": [{"blur": 1}]}]},
+        {"kind": "edit", "op": "image", "source": {"job": farm["job"]}, "ops": [{"blur": 1}]},
+        {"kind": "edit", "op": "image", "source": {"key": "in/plate.png"},
+         "ops": [{"color_transfer": {"key": farm["image_key"]}}]}]},
         headers={"Authorization": f"Bearer {token_a}"})
     assert mine.status_code == 201, mine.text

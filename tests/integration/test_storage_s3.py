@@ -19,6 +19,7 @@ def test_put_get_metadata_listing_and_presigned_url(s3_bucket: str) -> None:
     stored = store.put(key, b"png-bytes", "image/png", s3_metadata(prov))
     assert stored.sha256 == hashlib.sha256(b"png-bytes").hexdigest()
     assert store.get(key, sha256=stored.sha256) == b"png-bytes"
+    assert store.read_head(key, 3) == b"png" and store.read_head(key, 99) == b"png-bytes"
     head = store.head(key)  # type: ignore[attr-defined]
     assert head["ContentType"] == "image/png"
     assert head["Metadata"]["sha256"] == stored.sha256
@@ -30,6 +31,8 @@ def test_put_get_metadata_listing_and_presigned_url(s3_bucket: str) -> None:
         store.get(key, sha256="0" * 64)
     with pytest.raises(ObjectNotFound):
         store.get("renders/acme/b1/j1/none.png")
+    with pytest.raises(ObjectNotFound):
+        store.read_head("renders/acme/b1/j1/none.png", 12)
     assert not store.exists("renders/acme/b1/j1/none.png") and store.exists(key)
     store.check()
 

@@ -36,10 +36,13 @@ def test_local_put_get_checksum_and_listing(tmp_path: Path) -> None:
         store.get(key, sha256="0" * 64)
     store.put(key, b"again", "image/png")  # a rerun overwrites the same object
     assert store.get(key) == b"again"
+    assert store.read_head(key, 3) == b"aga" and store.read_head(key, 99) == b"again"
     assert list(store.list("acme/")) == ["acme/b1/j1/image.png"]
     assert not list((tmp_path / "out" / "acme" / "b1" / "j1").glob(".tmp-*"))
     with pytest.raises(ObjectNotFound):
         store.get("acme/b1/j1/missing.png")
+    with pytest.raises(ObjectNotFound):
+        store.read_head("acme/b1/j1/missing.png", 12)
     with pytest.raises(BadKey):
         store.put("../escape", b"x", "text/plain")
 
