@@ -39,9 +39,9 @@ MAX_ATTEMPTS = 20
 MAX_INT_DIGITS = 30  # JSON integers longer than this are refused before Python parses them
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 2 us a job, a fifth of expanding
 class JobSpec:
-    """A validated, expanded job, ready to insert."""
+    """A validated, expanded job, ready to insert (treated as immutable once made)."""
 
     kind: str
     params: dict[str, Any]
@@ -389,7 +389,11 @@ class _Line:
                      and _ref_type(schema, "source") is GeneratedRef)
         seen: set[tuple[str, str]] = set()
         specs: list[JobSpec] = []
-        append, validate, batch_key = specs.append, schema.model_validate, family.batch_key
+        append, batch_key = specs.append, family.batch_key
+        # pydantic's own validator and serializer, without model_validate's and model_dump's
+        # Python wrappers: the same work, a microsecond less for each of 100,000 jobs
+        validate = schema.__pydantic_validator__.validate_python
+        dump = schema.__pydantic_serializer__.to_python
         strict, count, priority, attempts, line = (self.strict, self.count, self.priority,
                                                    self.attempts, self.line)
         nested_refs = [(p, (t.first, t.specs[0])) for p, t in nested]
@@ -407,8 +411,8 @@ class _Line:
                     if count > 1:
                         params["seed"] = base["seed"] + offset
                     try:
-                        clean = validate(params, strict=strict).model_dump(
-                            mode="json", exclude_none=True)
+                        clean = dump(validate(params, strict=strict), mode="json",
+                                     exclude_none=True)
                     except ValidationError as exc:
                         self._report(exc, seen)
                         continue

@@ -5,6 +5,7 @@ by what was sent (hypothesis builds amplifying manifests under 1 KB)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 import tracemalloc
@@ -169,10 +170,17 @@ def amplifying_manifests(draw: st.DrawFn) -> str:
 @given(amplifying_manifests())
 def test_a_small_manifest_costs_little_whatever_it_says(text: str) -> None:
     assert len(text.encode()) < 1024
-    started = time.process_time()  # CPU time: what this manifest costs, not the machine's load
-    with contextlib.suppress(ManifestError):
-        parse_manifest(text, source="amp.jsonl")
-    spent = time.process_time() - started
+
+    def cpu_seconds() -> float:  # CPU time: what this manifest costs, not the machine's load
+        gc.collect()  # not the collection of what earlier examples left in this process
+        started = time.process_time()
+        with contextlib.suppress(ManifestError):
+            parse_manifest(text, source="amp.jsonl")
+        return time.process_time() - started
+
+    spent = cpu_seconds()
+    if spent >= 1.0:  # a busy shared machine only ever adds time: the best of three is the cost
+        spent = min(spent, cpu_seconds(), cpu_seconds())
     tracemalloc.start()
     with contextlib.suppress(ManifestError):
         parse_manifest(text, source="amp.jsonl")
