@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         True, description="On the CPU, compute in float64 so that a job's bytes never depend "
         "on the batch it ran in (BLAS kernels vary with batch size); about 4x the compute.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")
+
+    @field_validator("models_file", "checkpoint", "checkpoint_sha256", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """A variable set to nothing (``GENFARM_MODELS_FILE=`` in an .env or compose file)
+        means unset, not the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -25,6 +25,7 @@ from tests.conftest import BIN, ROOT, S3_ENV, free_port
 
 SECRETS = {"POSTGRES_PASSWORD": "pg-pass", "S3_ACCESS_KEY": S3_ENV["AWS_ACCESS_KEY_ID"],
            "S3_SECRET_KEY": S3_ENV["AWS_SECRET_ACCESS_KEY"], "GENFARM_FLOWER_PASSWORD": "ops,pa:ss"}
+DOT_ENV = {**SECRETS, "GENFARM_MODELS_FILE": "/models/models.toml"}  # what ops put in .env
 VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -72,8 +73,14 @@ class Stack:
             return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{self.port(parts.port)}"))
         return value
 
+    def map_path(self, value: str) -> str:
+        """A path under a mount point (/models/models.toml) at that mount's folder here."""
+        if value.startswith("/models/"):
+            return str(self.tmp / "models" / value[len("/models/"):])
+        return value
+
     def environment(self, service: dict[str, Any]) -> dict[str, str]:
-        env = {k: self.map_url(substitute(str(v), SECRETS)) for k, v in
+        env = {k: self.map_path(self.map_url(substitute(str(v), DOT_ENV))) for k, v in
                service.get("environment", {}).items()}
         env["GENFARM_DATA_DIR"] = str(self.tmp / "data")  # the image's /data
         env["GENFARM_MODEL_PROFILE"] = "tiny"
@@ -153,12 +160,16 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path, pg_url: str, redis_url: str, s3_endpoint: str) -> Any:
     s = Stack(tmp_path, pg_url, redis_url, s3_endpoint)
+    (tmp_path / "models").mkdir()  # GENFARM_MODELS_DIR, mounted at /models
+    (tmp_path / "models" / "models.toml").write_text(
+        '[models.aether-small]\nfamily = "aether"\noptions = { profile = "tiny" }\n')
     yield s
     s.close()
 
 
 def genfarm_services() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose()["services"].items() if s.get("image") == "genfarm:latest"}
+    return {n: s for n, s in compose()["services"].items()
+            if str(s.get("image", "")).startswith("genfarm:")}
 
 
 def test_the_file_needs_its_secrets() -> None:
@@ -185,6 +196,11 @@ def test_every_genfarm_service_runs_and_its_health_check_tells_the_truth(stack: 
         stack.start(name, services[name])
     for name in long_running:
         stack.wait_healthy(name, services[name])
+    for name, service in services.items():  # each sees the studio's models from /models
+        listed = subprocess.run([str(BIN / "genfarm"), "models", "--json"],
+                                env=stack.environment(service), capture_output=True, text=True,
+                                timeout=60)
+        assert "aether-small" in listed.stdout, (name, listed.stdout, listed.stderr)
     for name in ("api", "flower"):  # down, and the check says so
         stack.stop(name)
         assert not stack.healthy(services[name]), f"{name}: healthy after it stopped"
@@ -221,3 +237,27 @@ def test_the_images_first_command_writes_only_under_its_data_folder(tmp_path: Pa
     assert "batch succeeded" in out.stdout
     assert list(workdir.iterdir()) == []  # nothing in the (read-only) working folder
     assert (data / "genfarm.db").exists() and (data / "outputs").is_dir()
+
+
+def test_the_stores_health_checks_pass_while_they_run_and_fail_when_they_do_not(
+        pg_url: str, redis_url: str) -> None:
+    """Redis's and PostgreSQL's own checks, run as Compose runs them in their containers (where
+    the server is on localhost and the default port), pointed here at this test's servers, then
+    at a port where nothing listens."""
+    services = compose()["services"]
+    redis, pg = urlsplit(redis_url), make_url(pg_url)
+    closed = free_port()
+
+    def check(name: str, host: str, port: int) -> bool:
+        test = services[name]["healthcheck"]["test"]
+        kind, rest = test[0], test[1:]
+        argv = ["sh", "-c", rest[0]] if kind == "CMD-SHELL" else list(rest)
+        if argv[0] == "redis-cli":  # no environment variable moves redis-cli's default server
+            argv[1:1] = ["-h", host, "-p", str(port)]
+        env = {**os.environ, "PGHOST": host, "PGPORT": str(port), "PGCONNECT_TIMEOUT": "3"}
+        return subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode == 0
+
+    assert check("redis", redis.hostname or "127.0.0.1", redis.port or 6379)
+    assert check("postgres", pg.host or "127.0.0.1", pg.port or 5432)
+    for name in ("redis", "postgres"):
+        assert not check(name, "127.0.0.1", closed), f"{name}: healthy with nothing listening"

@@ -5,6 +5,7 @@ commands and health checks themselves run in tests/e2e/test_compose_stack.py.)""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ def resolve(argv: list[str]) -> tuple[click.Command, list[str]]:
 
 
 def genfarm_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose["services"].items() if s.get("image") == "genfarm:latest"}
+    return {n: s for n, s in compose["services"].items()
+            if str(s.get("image", "")).startswith("genfarm:")}
 
 
 def test_every_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
@@ -91,10 +93,44 @@ def test_dockerfile_copies_every_package() -> None:
     assert "torch==${TORCH_VERSION}" in text and "USER genfarm" in text
     # a CPU-only variant by build argument, from the CPU wheel index
     assert re.search(r"^ARG VARIANT=", text, re.M)
-    assert "cpu) pip install --index-url https://download.pytorch.org/whl/cpu" in text
+    assert services_image_args()["worker-cpu"] == ("genfarm:cpu", {"VARIANT": "cpu"})
     # the non-root user can write where genfarm writes: GENFARM_DATA_DIR=/data, owned by it
     assert re.search(r"^ENV .*GENFARM_DATA_DIR=/data", text, re.M)
     assert "chown genfarm:genfarm /data" in text and 'VOLUME ["/data"]' in text
+
+
+def services_image_args() -> dict[str, tuple[str, dict[str, str]]]:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {n: (s["image"], (s["build"].get("args", {}) if isinstance(s["build"], dict) else {}))
+            for n, s in services.items() if "build" in s}
+
+
+def torch_install(tmp_path: Path, **args: str) -> tuple[int, str]:
+    """Run the Dockerfile's torch step as the build would (its ARG defaults, then ``args``),
+    with a stand-in pip that prints what it was asked for."""
+    text = (ROOT / "Dockerfile").read_text()
+    defaults = dict(re.findall(r"^ARG (\w+)=(.*)$", text, re.M))
+    step = re.search(r"^RUN (case .*?esac)$", text, re.M | re.S)
+    assert step, "the Dockerfile's torch step (RUN case ... esac) is gone"
+    (tmp_path / "pip").write_text('#!/bin/sh\necho "pip $*"\n')
+    (tmp_path / "pip").chmod(0o755)
+    env = {**defaults, **args, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", step.group(1).replace("\\\n", "\n")], env=env,
+                         capture_output=True, text=True)
+    return out.returncode, (out.stdout + out.stderr).strip()
+
+
+def test_the_torch_step_installs_the_variant_asked_for(tmp_path: Path) -> None:
+    assert torch_install(tmp_path) == (0, "pip install torch==2.13.0")  # CUDA: pip's index
+    assert torch_install(tmp_path, VARIANT="cpu") == (
+        0, "pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0")
+    # a mirror of the CPU wheels, or (empty) the index pip is configured with
+    assert torch_install(tmp_path, VARIANT="cpu", TORCH_INDEX_URL="https://m.example/cpu") == (
+        0, "pip install --index-url https://m.example/cpu torch==2.13.0")
+    assert torch_install(tmp_path, VARIANT="cpu", TORCH_INDEX_URL="") == (
+        0, "pip install torch==2.13.0")
+    code, said = torch_install(tmp_path, VARIANT="rocm")
+    assert code != 0 and "VARIANT must be cpu or cuda" in said
 
 
 def test_workers_keep_their_data_in_a_volume(compose: dict[str, Any]) -> None:
@@ -103,5 +139,17 @@ def test_workers_keep_their_data_in_a_volume(compose: dict[str, Any]) -> None:
         assert "worker-data:/data" in services[name]["volumes"], name
         assert services[name]["environment"]["GENFARM_DATA_DIR"] == "/data"
     assert "worker-data" in compose["volumes"]
-    text = (ROOT / "docker-compose.yml").read_text()
-    assert "GENFARM_MODELS_FILE: /models/models.toml" in text and "./models:/models:ro" in text
+
+
+
+def test_every_genfarm_service_sees_the_same_models(compose: dict[str, Any]) -> None:
+    """The API validates jobs against the models file the workers load: every genfarm service
+    mounts the models folder and reads GENFARM_MODELS_FILE from .env (blank: built-ins only)."""
+    for name, service in genfarm_services(compose).items():
+        assert "${GENFARM_MODELS_DIR:-./models}:/models:ro" in service["volumes"], name
+        assert service["environment"]["GENFARM_MODELS_FILE"] == "${GENFARM_MODELS_FILE:-}", name
+    assert Settings(models_file="").models_file is None  # blank means unset
+    assert Settings(models_file=" ", _env_file=None).models_file is None
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^GENFARM_MODELS_FILE=", example, re.M)
+    assert re.search(r"^GENFARM_MODELS_DIR=", example, re.M)
