@@ -54,6 +54,9 @@ class BatchView(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     manifest_key: str | None
+    unserved_models: dict[str, int] | None = Field(
+        None, description="Queued jobs per model that no running worker serves (they wait for "
+        "one to start); given for one batch, not in listings.")
 
 
 class BatchPage(BaseModel):

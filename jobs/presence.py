@@ -1,6 +1,7 @@
 """Which models the running workers serve: each worker says so when it starts and at every
 reconciler pass, and forgets itself when it stops. A job whose model no live worker serves is
-not stuck: it waits, and `genfarm status` and the API say for what."""
+not stuck: it waits, and `genfarm status` and the API's batch view (``unserved_models``) say
+for what."""
 
 from __future__ import annotations
 

@@ -112,9 +112,15 @@ def list_batches(who: Auth, farm: FarmDep, limit: Annotated[int, Query(ge=1, le=
 
 @router.get("/{batch_id}", response_model=BatchView, responses=REFUSALS)
 def get_batch(batch_id: str, who: Auth, farm: FarmDep) -> Any:
-    """Counts per state, progress and device seconds of one batch."""
+    """Counts per state, progress and device seconds of one batch, and its queued jobs whose
+    model no running worker serves."""
+    from jobs.presence import unserved
+
     with farm.sessions() as session:
-        return batch_view(session, own_batch(session, batch_id, who))
+        batch = own_batch(session, batch_id, who)
+        view = batch_view(session, batch)
+        view.unserved_models = unserved(session, 3 * farm.settings.reconcile_interval, batch.id)
+        return view
 
 
 @router.post("/{batch_id}/cancel", response_model=ActionResult, responses=REFUSALS)

@@ -39,6 +39,27 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def api_view(env: dict[str, str], batch_id: str) -> dict[str, Any]:
+    """GET /v1/batches/ID from an API on this farm's settings, with a token of the project."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from jobs.settings import Settings
+    from jobs.tokens import create_token
+
+    app = create_app(Settings(database_url=env["GENFARM_DATABASE_URL"],
+                              broker_url=env["GENFARM_BROKER_URL"],
+                              storage_url=env["GENFARM_STORAGE_URL"],
+                              data_dir=Path(env["GENFARM_DATA_DIR"]),
+                              models_file=Path(env["GENFARM_MODELS_FILE"])))
+    with app.state.sessions.begin() as s:
+        token = create_token(s, "studio", "tests").token
+    answer = TestClient(app).get(f"/v1/batches/{batch_id}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
 def farm_env(tmp_path: Path, plugin: Path, models_file: Path, redis_url: str, pg_url: str
              ) -> dict[str, str]:
     return {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
@@ -137,14 +158,22 @@ def test_aether_and_diffusers_jobs_each_run_on_the_worker_that_serves_their_mode
         db.wait(batch_id, workers, until=lambda d: d.counts(batch_id).get("succeeded") == 8)
         status = run_cli("status", batch_id[:8], env=env)
         assert "5 queued jobs wait for model sd-tiny: no running worker serves it" in status.stdout
-        workers.start(env, "--models", "sd-tiny")
+        assert api_view(env, batch_id)["unserved_models"] == {"sd-tiny": 5}  # the API says so too
+        second = workers.start(env, "--models", "sd-tiny")
         batch = db.wait(batch_id, workers)
         assert batch.status == "succeeded", workers.logs()
-        claims = {e.job_id: e.worker for e in db.events(batch_id) if e.to_status == "running"}
+        # with both workers running, the same mix again: each job still goes to its model's
+        # worker, none to the other (both are idle and free to take anything they consume)
+        both = run_cli("submit", str(manifest), "--project", "studio", "--json", env=env)
+        assert both.returncode == 0, both.stderr
+        both_id = json.loads(both.stdout)["batch_id"]
+        assert db.wait(both_id, workers).status == "succeeded", workers.logs()
+        for bid in (batch_id, both_id):
+            claims = {e.job_id: e.worker for e in db.events(bid) if e.to_status == "running"}
+            for job in db.jobs(bid):  # a lease owner is host:worker-pid:process-pid:claim
+                worker = first if job.model == "aether" else second
+                assert f":{worker.pid}:" in claims[job.id], (job.model, claims[job.id])
         jobs = db.jobs(batch_id)
-        for job in jobs:  # a lease owner is host:worker-pid:process-pid:claim
-            on_first = f":{first.pid}:" in claims[job.id]
-            assert on_first == (job.model == "aether"), (job.model, claims[job.id])
         assert {j.queue for j in jobs} == {"aether", "sd-tiny"}
         outputs = {o.job_id: o for o in db.outputs(batch_id)}
         for job in jobs:
