@@ -394,3 +394,28 @@ def test_token_names_are_printable_labels(tmp_path: Path, name: str) -> None:
     engine.dispose()
     ok = run_cli("token", "create", "--project", "acme", "--name", "nuke render é", env=env)
     assert ok.returncode == 0 and ok.stdout.startswith("gf_"), ok.stderr
+
+
+@pytest.mark.parametrize("case", ["unknown family", "missing weights", "sha256 mismatch"])
+def test_models_file_mistakes_are_one_clear_line_from_models_and_at_worker_start(
+        tmp_path: Path, case: str) -> None:
+    """What a studio gets wrong in its models file, through the real commands: `genfarm models`
+    says what is wrong with which model, and a worker asked to serve it refuses to start."""
+    weights = tmp_path / "hero.safetensors"
+    weights.write_bytes(b"the studio's weights")
+    body = {"unknown family": '[models.hero]\nfamily = "sdxl-turbo"\n',
+            "missing weights": f'[models.hero]\nfamily = "aether"\nweights = "{tmp_path}/gone"\n',
+            "sha256 mismatch": f'[models.hero]\nfamily = "aether"\nweights = "{weights}"\n'
+                               f'sha256 = "{"0" * 64}"\n'}[case]
+    said = {"unknown family": "unknown family 'sdxl-turbo'", "missing weights": "gone",
+            "sha256 mismatch": "not the pinned"}[case]
+    (tmp_path / "models.toml").write_text(body)
+    env = {**embedded(tmp_path), "GENFARM_MODELS_FILE": str(tmp_path / "models.toml")}
+    listed = run_cli("models", env=env)
+    started = run_cli("worker", "--models", "hero", env=env)
+    for result in (listed, started):
+        text = result.stdout + result.stderr
+        assert "Traceback" not in text and "hero" in text and said in text, (case, text)
+    assert started.returncode != 0
+    if case == "unknown family":  # the file itself is wrong: every command says so
+        assert listed.returncode != 0
