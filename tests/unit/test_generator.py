@@ -17,7 +17,7 @@ from storage.provenance import read_png_provenance
 from tests.families import context, family, run
 from workers.families.aether import AetherFamily
 from workers.families.aether.network import Camera, reference_generator, weights_sha256
-from workers.families.aether.weights import export_checkpoint, load_model
+from workers.families.aether.weights import _cache, export_checkpoint, load_model
 from workers.family import Family
 
 AETHER = ModelEntry("aether", "aether")
@@ -57,7 +57,9 @@ def test_png_outputs_carry_provenance_and_latents() -> None:
     prov = read_png_provenance(results[0][0].encode())
     assert prov["seed"] == 5 and prov["params"]["seed"] == 5 and prov["job_id"] == "j0"
     assert prov["weights_sha256"] == pipe.provenance()["weights_sha256"]
-    assert prov["weights"] == "reference (untrained)"
+    assert prov["weights"].startswith("genfarm reference, trained on procedural scenes (tiny.")
+    seeded: Any = run(pipeline("generate", checkpoint="seeded"), "generate", [params(5)])
+    assert read_png_provenance(seeded[0][0].encode())["weights"] == "seeded reference (untrained)"
     import io
 
     latent = np.load(io.BytesIO(results[0][1].encode()))
@@ -126,7 +128,9 @@ def test_latent_edits_and_style_mixing_change_the_image() -> None:
     model = load_model(AETHER, Settings(model_profile="tiny"), "cpu").module
     d = model.directions.float()
     assert torch.allclose(d @ d.T, torch.eye(d.shape[0]), atol=1e-4)  # orthonormal directions
-    assert torch.equal(d, reference_generator("tiny").directions)  # deterministic per model
+    _cache.clear()  # load the shipped checkpoint afresh: the same directions
+    again = load_model(AETHER, Settings(model_profile="tiny"), "cpu").module
+    assert torch.equal(d, again.directions.float())  # deterministic per model
 
 
 def test_image_ops_run_batched_and_keep_sizes() -> None:

@@ -2,8 +2,8 @@
 super-resolution), in the style of EG3D-like generators.
 
 Deterministic: the same seed, camera and weights give the same image. Weights
-come from a safetensors checkpoint or, without one, from a fixed seed
-("reference weights", untrained).
+come from a safetensors checkpoint (by default the reference one trained on procedural scenes,
+``train.py``) or from a fixed seed ("seeded reference weights", untrained).
 """
 
 from __future__ import annotations
@@ -197,6 +197,30 @@ class TriplaneGenerator(nn.Module):
         """One w per layer: (B, w_dim) -> (B, num_layers, w_dim)."""
         return w[:, None, :].expand(-1, self.synthesis.num_layers, -1)
 
+    def field(self, planes: torch.Tensor, ws: torch.Tensor, pts: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density (B, ...) and colour features (B, ..., feat) in [-1, 1] of the triplanes
+        ``planes`` (B, 3, C, P, P) at world points ``pts`` (B, ..., 3)."""
+        p, b = self.p, pts.shape[0]
+        flat = pts.reshape(b, 1, -1, 3)
+        feats = torch.zeros(())
+        for i, (a, c) in enumerate(((0, 1), (0, 2), (1, 2))):
+            grid = torch.stack([flat[..., a], flat[..., c]], dim=-1)  # (B, 1, n, 2)
+            feats = feats + F.grid_sample(planes[:, i], grid, mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+        feats = feats.reshape(b, p.plane_channels, -1).transpose(1, 2)  # (B, n, C)
+        out = self.decoder(feats).reshape(*pts.shape[:-1], 1 + p.feat)
+        # a soft sphere prior keeps an object near the origin that w then shapes and paints; the
+        # decoder may carve it anywhere (a torus's hole) or grow it up to the slab's edge
+        sigma = F.softplus(5.0 * out[..., 0] + 8.0 * (0.5 - pts.norm(dim=-1)))
+        tint = self.tint(3.0 * (ws[:, -1] - self.mapping.w_avg))
+        tint = tint.view(b, *([1] * (pts.dim() - 2)), p.feat)
+        return sigma, torch.sigmoid(3.0 * out[..., 1:] + tint) * 2 - 1
+
+    def opacity(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The opacity of one ray sample of density ``sigma``."""
+        return 1 - torch.exp(-sigma * (2 * self.depth / self.p.samples) * 4.0)
+
     def render(self, ws: torch.Tensor, cam: Camera) -> torch.Tensor:
         """Volume-render the triplanes of ``ws`` from the given cameras: (B, feat, R, R)."""
         p, b = self.p, ws.shape[0]
@@ -205,22 +229,8 @@ class TriplaneGenerator(nn.Module):
         steps = torch.linspace(-self.depth, self.depth, p.samples, device=ws.device, dtype=ws.dtype)
         t = cam.radius[:, None] + steps[None, :]  # (B, S)
         pts = origins[:, :, None, :] + dirs[:, :, None, :] * t[:, None, :, None]  # (B,N,S,3)
-        n = pts.shape[1] * pts.shape[2]
-        flat = pts.reshape(b, 1, n, 3)
-        feats = torch.zeros(())
-        for i, (a, c) in enumerate(((0, 1), (0, 2), (1, 2))):
-            grid = torch.stack([flat[..., a], flat[..., c]], dim=-1)  # (B, 1, n, 2)
-            feats = feats + F.grid_sample(planes[:, i], grid, mode="bilinear",
-                                          padding_mode="zeros", align_corners=False)
-        feats = feats.reshape(b, p.plane_channels, -1, p.samples).permute(0, 2, 3, 1)
-        out = self.decoder(feats)  # (B, N, S, 1+feat)
-        # a soft sphere prior keeps an object near the origin that w then shapes and paints
-        radius = pts.norm(dim=-1)  # (B, N, S)
-        sigma = F.softplus(4.0 * torch.tanh(out[..., 0]) + 14.0 * (0.55 - radius))
-        tint = self.tint(3.0 * (ws[:, -1] - self.mapping.w_avg))[:, None, None, :]  # (B,1,1,feat)
-        color = torch.sigmoid(3.0 * out[..., 1:] + tint) * 2 - 1
-        delta = 2 * self.depth / p.samples
-        alpha = 1 - torch.exp(-sigma * delta * 4.0)
+        sigma, color = self.field(planes, ws, pts)
+        alpha = self.opacity(sigma)
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1]
                                          + 1e-10], dim=-1), dim=-1)
         weights = alpha * trans

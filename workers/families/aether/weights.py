@@ -1,6 +1,8 @@
 """The aether family's weights: a safetensors checkpoint at a local path or storage URL (the
-model's ``weights`` in the models file, else ``GENFARM_CHECKPOINT``), or seeded reference
-weights, and their sha256. Nothing downloads from the internet; one copy per worker process."""
+model's ``weights`` in the models file, else ``GENFARM_CHECKPOINT``); without one, the trained
+reference checkpoint shipped in this package for the profile (``reference/``, trained on
+procedural scenes by ``genfarm model train``); ``seeded`` asks for the untrained seeded weights.
+Nothing downloads from the internet; one copy per worker process."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from jobs.registry import ModelEntry
 from jobs.settings import Settings
 from workers.families.aether.network import TriplaneGenerator, reference_generator, weights_sha256
 
+REFERENCE_DIR = Path(__file__).with_name("reference")
+SEEDED = "seeded"  # as weights: the seeded, untrained reference weights
+TRAINED = "genfarm reference, trained on procedural scenes"
+
 
 @dataclass
 class LoadedModel:
@@ -25,14 +31,24 @@ class LoadedModel:
     dtype: torch.dtype
     profile: str
     weights_sha256: str
-    checkpoint: str | None  # where the weights came from, None for reference weights
+    weights: str  # where the weights came from, in words (provenance)
 
     def provenance(self) -> dict[str, Any]:
         from jobs import __version__
 
         return {"model": self.name, "profile": self.profile, "weights_sha256": self.weights_sha256,
-                "weights": f"checkpoint {self.checkpoint}" if self.checkpoint
-                else "reference (untrained)", "genfarm": __version__}
+                "weights": self.weights, "genfarm": __version__}
+
+
+def shipped_checkpoint(profile: str) -> tuple[Path, str] | None:
+    """The reference checkpoint shipped for ``profile`` and its recorded sha256, if any."""
+    path = REFERENCE_DIR / f"{profile}.safetensors"
+    sums = REFERENCE_DIR / "SHA256SUMS"
+    if not path.exists() or not sums.exists():
+        return None
+    recorded = {name: digest for digest, name in
+                (line.split() for line in sums.read_text().splitlines() if line.strip())}
+    return (path, recorded[path.name]) if path.name in recorded else None
 
 
 _cache: dict[tuple[Any, ...], LoadedModel] = {}
@@ -71,8 +87,11 @@ def load_model(entry: ModelEntry, settings: Settings, device: str,
         if key in _cache:
             return _cache[key]
         module = reference_generator(profile)
-        source = None
-        if weights:
+        source = "seeded reference (untrained)"
+        shipped = shipped_checkpoint(profile) if not weights else None
+        if shipped:
+            weights, pin = str(shipped[0]), shipped[1]
+        if weights and weights != SEEDED:
             from safetensors.torch import load_file
 
             path = fetch_checkpoint(weights, settings)
@@ -85,7 +104,8 @@ def load_model(entry: ModelEntry, settings: Settings, device: str,
             except RuntimeError as exc:
                 raise PipelineError(f"model {entry.name}: checkpoint {weights} does not fit the "
                                     f"{profile} profile: {str(exc)[:300]}") from exc
-            source = f"{Path(str(weights)).name} sha256:{digest}"
+            source = (f"{TRAINED} ({path.name} sha256:{digest})" if shipped
+                      else f"checkpoint {Path(str(weights)).name} sha256:{digest}")
         digest = weights_sha256(module)  # of the float32 weights, whatever we compute in
         module = module.to(device=device, dtype=dtype).eval()
         loaded = LoadedModel(entry.name, module, dtype, profile, digest, source)
@@ -95,8 +115,8 @@ def load_model(entry: ModelEntry, settings: Settings, device: str,
 
 def export_checkpoint(entry: ModelEntry, profile: str, path: Path,
                       settings: Settings | None = None) -> str:
-    """Write the model's weights (reference ones, or its checkpoint's) as safetensors; returns
-    the file's sha256."""
+    """Write the model's weights (its checkpoint's, the shipped reference ones, or the seeded
+    ones) as safetensors; returns the file's sha256."""
     from safetensors.torch import save_file
 
     cfg = settings or Settings()
