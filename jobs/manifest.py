@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import gc
 import io
 import itertools
 import json
@@ -33,6 +34,7 @@ from jobs.kinds import COMMON_FIELDS
 from jobs.registry import GeneratedRef, Params, select_schema, storage_refs
 
 MAX_JOBS = 100_000
+CHECK_JOBS = 1_000  # once a manifest has an error, each later line is checked on this many jobs
 MAX_LINE_BYTES = 64 * 1024
 MAX_PRIORITY = 1000
 MAX_ATTEMPTS = 20
@@ -93,6 +95,10 @@ def validate_records(
     specs: list[JobSpec] = []
     lines: dict[int, _Line] = {}
     total = 0
+    # up to 100,000 jobs' dicts are made here and all of them live on: the cycle collector would
+    # walk them again and again (a fifth of the time) and find nothing to free
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for line, record, strict in records:
             if isinstance(record, LineError):
@@ -105,11 +111,13 @@ def validate_records(
                 errors.append(LineError(line, "", f"the manifest would make at least {total} jobs "
                                                   f"(up to this line); the limit is {MAX_JOBS}"))
                 break
-            line_specs = parsed.expand(len(specs))
+            line_specs = parsed.expand(len(specs), checking=bool(errors))
             errors.extend(parsed.errors)
             if not errors:
                 specs.extend(line_specs)
     finally:
+        if collecting:
+            gc.enable()
         lines.clear()  # each line refers back to ``lines``: a cycle only a full collection frees
     if not errors and not specs:
         errors.append(LineError(1, "", "the manifest has no jobs"))
@@ -372,8 +380,10 @@ class _Line:
                 refs.append((path, target))
         return refs
 
-    def expand(self, first: int) -> list[JobSpec]:
-        """The line's jobs (none if it has errors); validation errors are added to ``errors``."""
+    def expand(self, first: int, checking: bool = False) -> list[JobSpec]:
+        """The line's jobs (none if it has errors); validation errors are added to ``errors``.
+        ``checking``: the manifest already has errors, so nothing will be inserted: validate at
+        most ``CHECK_JOBS`` of the line's jobs, to name their mistakes at a bounded cost."""
         self.first = first
         if self.schema is None:
             return []
@@ -397,29 +407,41 @@ class _Line:
         strict, count, priority, attempts, line = (self.strict, self.count, self.priority,
                                                    self.attempts, self.line)
         nested_refs = [(p, (t.first, t.specs[0])) for p, t in nested]
-        for combo in itertools.product(*(values for _, values in self.axes)):
-            base = dict(template)
-            base.update(zip(keys, combo, strict=True))
-            for src in source_jobs:
-                params = dict(base)
-                if fill_size and src is not None:
-                    params.setdefault("width", src[1].params["width"])
-                    params.setdefault("height", src[1].params["height"])
-                refs = ([("source", src)] if src else []) + nested_refs
-                job_refs = tuple((path, pos) for path, (pos, _) in refs)
-                for offset in range(count):
-                    if count > 1:
-                        params["seed"] = base["seed"] + offset
-                    try:
-                        clean = dump(validate(params, strict=strict), mode="json",
-                                     exclude_none=True)
-                    except ValidationError as exc:
-                        self._report(exc, seen)
-                        continue
-                    for path, (_, spec) in refs:  # recomputed from the source's own params
-                        get_path(clean, path)["params"] = spec.params
-                    append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority,
-                                   attempts, line, job_refs))
+        # what each source job adds to a job, worked out once, not once per combination
+        variants = []
+        for src in source_jobs:
+            refs = ([("source", src)] if src else []) + nested_refs
+            fill = ({"width": src[1].params["width"], "height": src[1].params["height"]}
+                    if fill_size and src is not None else None)
+            variants.append((fill, refs, tuple((path, pos) for path, (pos, _) in refs)))
+        axes = self.axes
+
+        def candidates() -> Iterator[tuple[dict[str, Any], list[Any], tuple[Any, ...]]]:
+            for combo in itertools.product(*(values for _, values in axes)):
+                base = template.copy()
+                base.update(zip(keys, combo, strict=True))
+                for fill, refs, job_refs in variants:
+                    # a job's own fields win over the size it takes from its source
+                    params = {**fill, **base} if fill else base.copy() if count > 1 else base
+                    seed: Any = params.get("seed")
+                    for offset in range(count):
+                        if count > 1:
+                            params["seed"] = seed + offset
+                        yield params, refs, job_refs  # validation copies what it keeps
+
+        jobs: Iterator[tuple[dict[str, Any], list[Any], tuple[Any, ...]]] = candidates()
+        if checking or self.errors:
+            jobs = itertools.islice(jobs, CHECK_JOBS)
+        for params, refs, job_refs in jobs:
+            try:
+                clean = dump(validate(params, strict=strict), mode="json", exclude_none=True)
+            except ValidationError as exc:
+                self._report(exc, seen)
+                continue
+            for path, (_, spec) in refs:  # recomputed from the source's own params
+                get_path(clean, path)["params"] = spec.params
+            append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority, attempts, line,
+                           job_refs))
         if self.errors:
             return []
         self.specs = specs

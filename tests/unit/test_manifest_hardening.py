@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.errors import ManifestError
-from jobs.manifest import MAX_JOBS, parse_manifest
+from jobs.manifest import CHECK_JOBS, MAX_JOBS, parse_manifest
 
 
 def errors(text: str, fmt: str = "jsonl", source: str = "shots.jsonl") -> list[str]:
@@ -121,6 +121,24 @@ def test_the_limit_counts_every_line_even_after_an_error() -> None:
     found = errors(text)
     assert found[0].startswith("line 1: seed")
     assert f"at least {2 * half + 1} jobs" in found[-1] and found[-1].startswith("line 3")
+
+
+def test_after_an_error_later_lines_are_checked_on_their_first_jobs_only() -> None:
+    """Nothing of a manifest with an error is inserted, so a later line of 90,000 jobs is not
+    expanded whole: its first CHECK_JOBS jobs are validated and their mistakes named."""
+    text = ('{"kind": "generate", "seed": "bad"}\n'
+            '{"kind": "generate", "seed": {"range": [0, 45000]}, "width": [64, 100000]}\n')
+    tracemalloc.start()
+    found = errors(text)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert found[0].startswith("line 1: seed")
+    assert found[1].startswith("line 2: width"), found
+    # 90,000 expanded jobs hold tens of MB; CHECK_JOBS of them, well under one
+    assert CHECK_JOBS <= 1000 and peak < 2 * 2**20, peak
+    # the same line alone is valid up to its bad width: every one of its jobs is validated
+    with pytest.raises(ManifestError):
+        parse_manifest(text.split("\n", 1)[1], source="shots.jsonl")
 
 
 def test_line_references_multiply() -> None:
