@@ -34,7 +34,7 @@ from jobs.kinds import COMMON_FIELDS
 from jobs.registry import GeneratedRef, Params, select_schema, storage_refs
 
 MAX_JOBS = 100_000
-CHECK_JOBS = 1_000  # once a manifest has an error, each later line is checked on this many jobs
+CHECK_JOBS = 1_000  # once a manifest has an error, each line is checked on this many more jobs
 MAX_LINE_BYTES = 64 * 1024
 MAX_PRIORITY = 1000
 MAX_ATTEMPTS = 20
@@ -429,14 +429,21 @@ class _Line:
                             params["seed"] = seed + offset
                         yield params, refs, job_refs  # validation copies what it keeps
 
-        jobs: Iterator[tuple[dict[str, Any], list[Any], tuple[Any, ...]]] = candidates()
-        if checking or self.errors:
-            jobs = itertools.islice(jobs, CHECK_JOBS)
-        for params, refs, job_refs in jobs:
+        # once the manifest has an error (an earlier one, or one of this line's jobs), nothing
+        # of it is inserted: check CHECK_JOBS more jobs to name their mistakes, then stop (a
+        # line whose every job fails would otherwise pay for 100,000 errors)
+        budget = CHECK_JOBS if checking or self.errors else None
+        for params, refs, job_refs in candidates():
+            if budget is not None:
+                if not budget:
+                    break
+                budget -= 1
             try:
                 clean = dump(validate(params, strict=strict), mode="json", exclude_none=True)
             except ValidationError as exc:
                 self._report(exc, seen)
+                if budget is None:
+                    budget = CHECK_JOBS
                 continue
             for path, (_, spec) in refs:  # recomputed from the source's own params
                 get_path(clean, path)["params"] = spec.params
