@@ -382,8 +382,9 @@ class _Line:
 
     def expand(self, first: int, checking: bool = False) -> list[JobSpec]:
         """The line's jobs (none if it has errors); validation errors are added to ``errors``.
-        ``checking``: the manifest already has errors, so nothing will be inserted: validate at
-        most ``CHECK_JOBS`` of the line's jobs, to name their mistakes at a bounded cost."""
+        Once the manifest has an error (``checking``: an earlier line's; or this line's own,
+        before or during expansion) nothing of it will be inserted: at most ``CHECK_JOBS``
+        more jobs are validated, to name their mistakes at a bounded cost."""
         self.first = first
         if self.schema is None:
             return []
@@ -429,9 +430,7 @@ class _Line:
                             params["seed"] = seed + offset
                         yield params, refs, job_refs  # validation copies what it keeps
 
-        # once the manifest has an error (an earlier one, or one of this line's jobs), nothing
-        # of it is inserted: check CHECK_JOBS more jobs to name their mistakes, then stop (a
-        # line whose every job fails would otherwise pay for 100,000 errors)
+        # a line whose every job fails would otherwise pay for 100,000 errors
         budget = CHECK_JOBS if checking or self.errors else None
         for params, refs, job_refs in candidates():
             if budget is not None:

@@ -28,6 +28,7 @@ from jobs.batches import cancel_jobs, resolve_batch, summarize
 from jobs.errors import LineError, ManifestError, NotFound
 from jobs.manifest import loads
 from jobs.models import Batch, Job
+from jobs.presence import unserved
 from jobs.submit import SubmitResult, retry_failed_jobs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -114,8 +115,6 @@ def list_batches(who: Auth, farm: FarmDep, limit: Annotated[int, Query(ge=1, le=
 def get_batch(batch_id: str, who: Auth, farm: FarmDep) -> Any:
     """Counts per state, progress and device seconds of one batch, and its queued jobs whose
     model no running worker serves."""
-    from jobs.presence import unserved
-
     with farm.sessions() as session:
         batch = own_batch(session, batch_id, who)
         view = batch_view(session, batch)
