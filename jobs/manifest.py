@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import gc
 import io
 import itertools
@@ -22,11 +23,11 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
@@ -39,6 +40,7 @@ MAX_LINE_BYTES = 64 * 1024
 MAX_PRIORITY = 1000
 MAX_ATTEMPTS = 20
 MAX_INT_DIGITS = 30  # JSON integers longer than this are refused before Python parses them
+_UNSEEN: Any = object()  # a job not validated yet
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 2 us a job, a fifth of expanding
@@ -388,70 +390,116 @@ class _Line:
         self.first = first
         if self.schema is None:
             return []
-        schema, kind, template = self.schema, self.kind, self.template
-        family, catalog = self.family, self.catalog
-        queue = catalog.queue(kind, self.model)
-        keys = [key for key, _ in self.axes]
-        source = next((t for p, t in self.refs if p == "source"), None)
-        nested = [(p, t) for p, t in self.refs if p != "source"]
-        source_jobs: list[tuple[int, JobSpec] | None] = (
-            [(source.first + i, s) for i, s in enumerate(source.specs)] if source else [None])
-        fill_size = (source is not None and "width" in schema.model_fields
-                     and _ref_type(schema, "source") is GeneratedRef)
-        seen: set[tuple[str, str]] = set()
         specs: list[JobSpec] = []
-        append, batch_key = specs.append, family.batch_key
-        # pydantic's own validator and serializer, without model_validate's and model_dump's
-        # Python wrappers: the same work, a microsecond less for each of 100,000 jobs
-        validate = schema.__pydantic_validator__.validate_python
-        dump = schema.__pydantic_serializer__.to_python
-        strict, count, priority, attempts, line = (self.strict, self.count, self.priority,
-                                                   self.attempts, self.line)
-        nested_refs = [(p, (t.first, t.specs[0])) for p, t in nested]
-        # what each source job adds to a job, worked out once, not once per combination
-        variants = []
-        for src in source_jobs:
-            refs = ([("source", src)] if src else []) + nested_refs
-            fill = ({"width": src[1].params["width"], "height": src[1].params["height"]}
-                    if fill_size and src is not None else None)
-            variants.append((fill, refs, tuple((path, pos) for path, (pos, _) in refs)))
-        axes = self.axes
-
-        def candidates() -> Iterator[tuple[dict[str, Any], list[Any], tuple[Any, ...]]]:
-            for combo in itertools.product(*(values for _, values in axes)):
-                base = template.copy()
-                base.update(zip(keys, combo, strict=True))
-                for fill, refs, job_refs in variants:
-                    # a job's own fields win over the size it takes from its source
-                    params = {**fill, **base} if fill else base.copy() if count > 1 else base
-                    seed: Any = params.get("seed")
-                    for offset in range(count):
-                        if count > 1:
-                            params["seed"] = seed + offset
-                        yield params, refs, job_refs  # validation copies what it keeps
-
-        # a line whose every job fails would otherwise pay for 100,000 errors
         budget = CHECK_JOBS if checking or self.errors else None
-        for params, refs, job_refs in candidates():
-            if budget is not None:
-                if not budget:
-                    break
-                budget -= 1
-            try:
-                clean = dump(validate(params, strict=strict), mode="json", exclude_none=True)
-            except ValidationError as exc:
-                self._report(exc, seen)
-                if budget is None:
-                    budget = CHECK_JOBS
-                continue
-            for path, (_, spec) in refs:  # recomputed from the source's own params
-                get_path(clean, path)["params"] = spec.params
-            append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority, attempts, line,
-                           job_refs))
+        fields = _field_validators(self.schema) if not self.refs and budget is None else None
+        if fields is None or not self._expand_by_field(specs, fields):
+            self._expand(specs, budget)
         if self.errors:
             return []
         self.specs = specs
         return specs
+
+    def _expand_by_field(self, specs: list[JobSpec], fields: dict[str, Callable[..., Any]]
+                         ) -> bool:
+        """Expand a line whose schema validates field by field (no field depends on another):
+        its template once, each swept value once, and each job is the template with its values.
+        False, with nothing made, where a value is refused: job by job then names the mistake."""
+        assert self.schema is not None
+        strict, count = self.strict, self.count
+        keys = [key for key, _ in self.axes]
+        if count > 1 and "seed" in keys:
+            return False
+        first = self.template | {key: values[0] for key, values in self.axes}
+        try:
+            template = self.schema.__pydantic_validator__.validate_python(first, strict=strict)
+            columns = [[fields[key](v, strict=strict) for v in values] for key, values in self.axes]
+            if count > 1:
+                seed = first["seed"]
+                keys.append("seed")
+                columns.append([fields["seed"](seed + i, strict=strict) for i in range(count)])
+        except ValidationError:
+            return False
+        if any(v is None for column in columns for v in column):
+            return False  # a swept null leaves its field out: job by job does that
+        clean = {k: v for k, v in template.__dict__.items() if v is not None}
+        kind, batch_key = self.kind, self.family.batch_key
+        queue = self.catalog.queue(kind, self.model)
+        priority, attempts, line, append = self.priority, self.attempts, self.line, specs.append
+        for combo in itertools.product(*columns):
+            params = clean.copy()
+            params.update(zip(keys, combo, strict=True))
+            append(JobSpec(kind, params, batch_key(kind, params), queue, priority, attempts, line))
+        return True
+
+    def _expand(self, specs: list[JobSpec], budget: int | None) -> None:
+        assert self.schema is not None
+        schema, kind, template, count = self.schema, self.kind, self.template, self.count
+        keys = [key for key, _ in self.axes]
+        source = next((t for p, t in self.refs if p == "source"), None)
+        nested = [(p, t.first, t.specs[0].params) for p, t in self.refs if p != "source"]
+        nested_attach = [(tuple(_path_parts(p)), params) for p, _, params in nested]
+        nested_refs = tuple((p, pos) for p, pos, _ in nested)
+        fill_size = (source is not None and "width" in schema.model_fields
+                     and _ref_type(schema, "source") is GeneratedRef)
+        # what each source job adds to a job, worked out once, not once per combination:
+        # (the size it gives, that size as a memo key, the params to attach, the job's refs)
+        variants: list[tuple[dict[str, Any] | None, Any, list[tuple[tuple[Any, ...], Any]],
+                             tuple[tuple[str, int], ...]]] = []
+        if source is None:
+            variants.append((None, None, nested_attach, nested_refs))
+        for pos, src in enumerate(source.specs if source else [], start=source.first if source else 0):
+            sp = src.params
+            fill = {"width": sp["width"], "height": sp["height"]} if fill_size else None
+            variants.append((fill, fill and (sp["width"], sp["height"]),
+                             [(("source",), sp), *nested_attach], (("source", pos), *nested_refs)))
+        queue, batch_key = self.catalog.queue(kind, self.model), self.family.batch_key
+        strict, priority, attempts, line = self.strict, self.priority, self.attempts, self.line
+        # pydantic's own validator and serializer, without model_validate's and model_dump's
+        # Python wrappers: the same work, a microsecond less for each of 100,000 jobs
+        validate = schema.__pydantic_validator__.validate_python
+        dump = schema.__pydantic_serializer__.to_python
+        plain = _plain(schema)
+        seen: set[tuple[str, str]] = set()
+        append = specs.append
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            base = template.copy()
+            base.update(zip(keys, combo, strict=True))
+            # the jobs of an edit of a line differ only in their source's params, which are
+            # attached after validation: validated once for each size and seed they can take
+            memo: dict[Any, dict[str, Any] | None] | None = {} if len(variants) > 1 else None
+            for fill, size, attach, job_refs in variants:
+                # a job's own fields win over the size it takes from its source
+                params = {**fill, **base} if fill else base.copy() if count > 1 else base
+                seed: Any = params.get("seed")
+                for offset in range(count):
+                    if budget is not None:
+                        if not budget:
+                            return
+                        budget -= 1
+                    if count > 1:
+                        params["seed"] = seed + offset
+                    clean = memo.get((size, offset), _UNSEEN) if memo is not None else _UNSEEN
+                    if clean is _UNSEEN:
+                        try:
+                            model = validate(params, strict=strict)
+                            clean = ({k: v for k, v in model.__dict__.items() if v is not None}
+                                     if plain else dump(model, mode="json", exclude_none=True))
+                        except ValidationError as exc:
+                            self._report(exc, seen)
+                            clean = None
+                            if budget is None:
+                                budget = CHECK_JOBS
+                        if memo is not None:
+                            memo[size, offset] = clean
+                    if clean is None:
+                        continue
+                    if attach:  # recomputed from the source's own params
+                        clean = dict(clean)  # memoized: shared by the jobs of other sources
+                        for parts, source_params in attach:
+                            _own_parts(clean, parts)["params"] = source_params
+                    append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority,
+                                   attempts, line, job_refs))
 
 
     def _report(self, exc: ValidationError, seen: set[tuple[str, str]]) -> None:
@@ -501,11 +549,60 @@ def _sweepable(annotation: Any) -> bool:
     return annotation in (int, float, str, bool)
 
 
-def get_path(params: Any, path: str) -> Any:
-    """The node at a dotted path such as ``ops.2.color_transfer`` (list indexes are numbers)."""
-    for part in path.split("."):
-        params = params[int(part)] if part.isdigit() else params[part]
-    return params
+def own_path(params: dict[str, Any], path: str) -> dict[str, Any]:
+    """The node at a dotted path such as ``ops.2.color_transfer`` (list indexes are numbers),
+    with every container on the way copied: jobs share the parts of their params they do not
+    change."""
+    return _own_parts(params, _path_parts(path))
+
+
+def _path_parts(path: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in path.split(".")]
+
+
+def _own_parts(params: dict[str, Any], parts: Iterable[Any]) -> dict[str, Any]:
+    node: Any = params
+    for key in parts:
+        child = node[key]
+        child = dict(child) if isinstance(child, dict) else list(child)
+        node[key] = child
+        node = child
+    return node
+
+
+@functools.cache
+def _plain(schema: type[Params]) -> bool:
+    """Whether a validated model's fields are already its JSON dump less its None fields: plain
+    scalars, finite floats, nothing excluded or serialized by the schema's own code."""
+    decorators = schema.__pydantic_decorators__
+    if (decorators.field_serializers or decorators.model_serializers
+            or decorators.computed_fields or schema.model_config.get("allow_inf_nan", True)):
+        return False
+    return all(_scalar(info.annotation) and not info.exclude
+               for info in schema.model_fields.values())
+
+
+@functools.cache
+def _field_validators(schema: type[Params]) -> dict[str, Callable[..., Any]] | None:
+    """Each field's own validator, for a schema whose jobs validate field by field: plain, with
+    no validators or post-init of its own (nothing checks one field against another). None for
+    any other schema: its jobs are validated whole."""
+    decorators = schema.__pydantic_decorators__
+    if (not _plain(schema) or decorators.validators or decorators.field_validators
+            or decorators.root_validators or decorators.model_validators
+            or schema.__pydantic_post_init__ is not None):
+        return None
+    config = ConfigDict(**schema.model_config)
+    return {name: TypeAdapter(Annotated[info.annotation, info], config=config)  # type: ignore[arg-type]
+            .validator.validate_python for name, info in schema.model_fields.items()}
+
+
+def _scalar(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is typing.Literal:
+        return all(type(v) in (str, int, bool) for v in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_scalar(a) for a in typing.get_args(annotation))
+    return annotation in (int, float, str, bool, type(None))
 
 
 class _FloatRange(Sequence[float]):
@@ -516,6 +613,10 @@ class _FloatRange(Sequence[float]):
 
     def __len__(self) -> int:
         return self.n
+
+    def __iter__(self) -> Iterator[float]:
+        start, step = self.start, self.step
+        return (round(start + i * step, 10) for i in range(self.n))
 
     @typing.overload
     def __getitem__(self, i: int) -> float: ...

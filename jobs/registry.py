@@ -26,9 +26,10 @@ class RegistryError(GenfarmError):
 
 
 class Params(BaseModel):
-    """Base of every kind's parameters: unknown fields are errors, not silently dropped."""
+    """Base of every kind's parameters: unknown fields are errors, not silently dropped, and
+    so are infinities and NaN (a CSV cell may say ``inf``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceRef(Params):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
-from jobs.manifest import JobSpec
+from jobs.manifest import JobSpec, own_path
 from jobs.models import Batch, Job, Output
 from jobs.registry import (
     AudioRef,
@@ -69,7 +69,7 @@ def resolve_sources(specs: list[JobSpec], session: Session, project: str, object
             continue
         params = dict(spec.params)
         for path, _, ref_type in refs:
-            node = _own_path(params, path)
+            node = own_path(params, path)
             problem = resolver.resolve(node, ref_type, spec.params["model"],
                                        family.generated_kind)
             if problem:
@@ -83,19 +83,6 @@ def resolve_sources(specs: list[JobSpec], session: Session, project: str, object
     if errors:
         raise ManifestError(list(dict.fromkeys(errors)), source)
     return out
-
-
-def _own_path(params: dict[str, Any], path: str) -> dict[str, Any]:
-    """The node at ``path``, with every container on the way copied (specs share templates)."""
-    node: Any = params
-    parts = path.split(".")
-    for part in parts:
-        key: Any = int(part) if part.isdigit() else part
-        child = node[key]
-        child = dict(child) if isinstance(child, dict) else list(child)
-        node[key] = child
-        node = child
-    return node
 
 
 class _Resolver:
