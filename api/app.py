@@ -11,7 +11,7 @@ from api.deps import Farm
 from api.guards import BodyLimit, refuse_nul
 from api.metrics import FarmCollector, queue_depths
 from api.ratelimit import RateLimiter
-from api.routes import batches, health, jobs
+from api.routes import batches, health, jobs, usage
 from jobs import __version__
 from jobs.catalog import load_catalog
 from jobs.db import make_engine, session_factory
@@ -36,11 +36,12 @@ def create_app(settings: Settings) -> FastAPI:
                 celery=celery, publish=publish,
                 submitter=Submitter(sessions, publish, catalog, lambda: storage,
                                     unit_size=settings.unit_size,
-                                    default_max_attempts=settings.max_attempts),
+                                    default_max_attempts=settings.max_attempts,
+                                    aging_s=settings.priority_aging_seconds),
                 limiter=RateLimiter(settings.api_rate_per_minute, settings.api_rate_burst))
     farm.metrics.register(FarmCollector(sessions, lambda: queue_depths(settings, catalog)))
     app.state.farm, app.state.sessions, app.state.engine = farm, sessions, engine
-    for router in (batches.router, jobs.router, health.router):
+    for router in (batches.router, jobs.router, usage.router, health.router):
         app.include_router(router)
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)

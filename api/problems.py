@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa
 
 from api.schemas import LineProblem, Problem, ValidationProblem
-from jobs.errors import ManifestError, StorageError
+from jobs.errors import BudgetExceeded, ManifestError, StorageError
 from storage.errors import ObjectNotFound, StorageUnavailable
 
 log = logging.getLogger("genfarm.api")
@@ -67,6 +67,11 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(502, "the object storage refused the request")
 
 
+async def _over_budget(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BudgetExceeded)
+    return problem(402, str(exc))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after this answer, so the server logs the traceback once
     return problem(500, "internal error (logged)")
@@ -76,7 +81,8 @@ def install(app: FastAPI) -> None:
     """Map failures to problem responses: the database or storage unreachable is 503 with
     Retry-After, a bad manifest 422, anything unforeseen a bare 500."""
     handlers: list[tuple[Any, Any]] = [
-        (ManifestError, _manifest_error), (sa.SQLAlchemyError, _database_error),
+        (ManifestError, _manifest_error), (BudgetExceeded, _over_budget),
+        (sa.SQLAlchemyError, _database_error),
         (StorageError, _storage_error), (Exception, _unexpected)]
     for exc_class, handler in handlers:
         app.add_exception_handler(exc_class, handler)

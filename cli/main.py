@@ -108,12 +108,18 @@ def db_current(settings: Settings) -> None:
               help="Manifest format [default: from the file name, else jsonl].")
 @click.option("--wait", is_flag=True, help="Show progress until every job has finished.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and estimate only: jobs per kind and model, device seconds, wall "
+              "time; nothing is written.")
+@click.option("--workers", "n_workers", type=click.IntRange(1, 100_000), default=None,
+              help="--dry-run: the wall time on this many workers [default: the live workers "
+              "serving these models, at least 1].")
 @click.option("--max-bytes", type=ByteSize(), default=MAX_MANIFEST_BYTES,
               help=f"Refuse a manifest larger than this [default: {human_bytes(MAX_MANIFEST_BYTES)}].")
 @settings_options
 @friendly_errors
 def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wait: bool,
-           as_json: bool, max_bytes: int) -> None:
+           as_json: bool, dry_run: bool, n_workers: int | None, max_bytes: int) -> None:
     """Validate MANIFEST (JSONL or CSV, '-' for stdin) and queue it as one batch.
 
     \b
@@ -121,6 +127,9 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
       {"kind": "generate", "seed": 7, "width": 256, "height": 256, "yaw": 30}
       {"kind": "generate", "seed": {"range": [0, 100]}, "truncation": [0.5, 0.8]}
     The whole file is checked first: any bad line and nothing is written.
+    Estimates come from device seconds measured on earlier runs of the same model,
+    kind and size (else the model's benchmark figure); a project's budget
+    (`genfarm budget`) refuses a submission whose estimate exceeds what is left.
     """
     from jobs.manifest import format_for
     from workers.app import make_submitter
@@ -128,6 +137,13 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
     data = read_manifest(manifest, max_bytes)
     source = "stdin" if manifest == "-" else Path(manifest).name
     submitter = make_submitter(settings)
+    if dry_run:
+        from cli.usage import print_estimate
+
+        specs = submitter.resolve(project, submitter.parse(
+            data, format=fmt or format_for(manifest), source=source), source)
+        print_estimate(settings, submitter, project, specs, n_workers, as_json)
+        return
     result = submitter.submit_manifest(project, data, format=fmt or format_for(manifest),
                                        source=source)
     sessions = submitter.sessions
@@ -287,11 +303,13 @@ def reconcile(settings: Settings, loop: bool) -> None:
 from cli import manage as _manage  # noqa: E402
 from cli import models as _models  # noqa: E402
 from cli import serve as _serve  # noqa: E402
+from cli import usage as _usage  # noqa: E402
 from cli import worker as _worker  # noqa: E402
 
 _worker.register(cli)
 _models.register(cli)
 _manage.register(cli)
+_usage.register(cli)
 _serve.register(cli)
 
 

@@ -1,4 +1,4 @@
-"""`genfarm cancel` and `genfarm retry`: change the course of submitted work."""
+"""`genfarm cancel`, `pause`, `resume` and `retry`: change the course of submitted work."""
 
 from __future__ import annotations
 
@@ -49,6 +49,44 @@ def cancel(settings: Settings, target: str) -> None:
 
 @click.command()
 @click.argument("target")
+@settings_options
+@friendly_errors
+def pause(settings: Settings, target: str) -> None:
+    """Pause a batch or one job (an id or a prefix of 6+ characters).
+
+    Its queued jobs are held (status paused): no worker claims them until `genfarm resume`.
+    Running jobs finish; finished ones keep their results. Cancel still works on paused jobs.
+    """
+    from jobs.db import make_engine, session_factory
+    from jobs.submit import pause_jobs
+
+    sessions = session_factory(make_engine(settings.resolved_database_url()))
+    with sessions() as session:
+        where, _, label = _target(session, target)
+    n = pause_jobs(sessions, where)
+    click.echo(printable(f"paused {n} queued job(s) of {label}"))
+
+
+@click.command()
+@click.argument("target")
+@settings_options
+@friendly_errors
+def resume(settings: Settings, target: str) -> None:
+    """Resume a paused batch or job: its paused jobs are queued again, in their old place
+    (rank), and published to the workers at once."""
+    from jobs.db import make_engine, session_factory
+    from jobs.submit import resume_jobs
+    from workers.app import make_app, publisher
+
+    sessions = session_factory(make_engine(settings.resolved_database_url()))
+    with sessions() as session:
+        where, _, label = _target(session, target)
+    n = resume_jobs(sessions, publisher(make_app(settings)), where, unit_size=settings.unit_size)
+    click.echo(printable(f"resumed {n} paused job(s) of {label}"))
+
+
+@click.command()
+@click.argument("target")
 @click.option("--failed", "only_failed", is_flag=True, required=True,
               help="Requeue the failed jobs (required: says what is retried).")
 @click.option("--attempts", type=click.IntRange(1, 20), default=None,
@@ -73,4 +111,6 @@ def retry(settings: Settings, target: str, only_failed: bool, attempts: int | No
 
 def register(group: click.Group) -> None:
     group.add_command(cancel)
+    group.add_command(pause)
+    group.add_command(resume)
     group.add_command(retry)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from cli.io import Failure, Refused, printable
-from jobs.errors import GenfarmError, ManifestError
+from jobs.errors import BudgetExceeded, GenfarmError, ManifestError
 from jobs.settings import Settings
 
 
@@ -167,6 +167,8 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def explain(exc: Exception, settings: Settings | None) -> Failure | None:
     """The one line (and exit status) for a failure the user can fix, or None for a bug."""
+    if isinstance(exc, BudgetExceeded):
+        return Refused(str(exc))
     if isinstance(exc, GenfarmError):
         return Failure(str(exc))
     if isinstance(exc, (OperationalError, ProgrammingError)):

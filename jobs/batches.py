@@ -113,8 +113,13 @@ def summarize(session: Session, batch: Batch) -> BatchSummary:
         select(func.coalesce(func.sum(Job.device_seconds), 0.0)).where(Job.batch_id == batch.id))
     running = session.scalar(select(func.coalesce(func.sum(Job.progress), 0.0)).where(
         Job.batch_id == batch.id, Job.status == JobStatus.RUNNING))
-    return BatchSummary(batch.id, batch.project, batch.status, batch.source, batch.job_count,
-                        count_by_status(session, batch.id), float(seconds or 0.0),
+    counts = count_by_status(session, batch.id)
+    status = batch.status
+    if (status == BatchStatus.ACTIVE and counts.get(JobStatus.PAUSED)
+            and not counts.get(JobStatus.QUEUED) and not counts.get(JobStatus.RUNNING)):
+        status = "paused"  # shown, not stored: what is left of it waits for `genfarm resume`
+    return BatchSummary(batch.id, batch.project, status, batch.source, batch.job_count,
+                        counts, float(seconds or 0.0),
                         batch.created_at, batch.finished_at, batch.manifest_key,
                         float(running or 0.0))
 
@@ -157,7 +162,7 @@ def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str
     with session_factory() as session:
         # the cheap test first (every finished unit asks it): is any job left? LIMIT 1, not a count
         unfinished = session.scalar(select(Job.id).where(
-            Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            Job.batch_id == batch_id, Job.status.notin_(sorted(TERMINAL)))
             .limit(1))
         if unfinished is not None:
             return None

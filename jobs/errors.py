@@ -56,6 +56,19 @@ class AmbiguousId(NotFound):
     """An id prefix that matches more than one row."""
 
 
+class BudgetExceeded(GenfarmError):
+    """A submission whose estimate is more than its project's budget has left."""
+
+    def __init__(self, project: str, limit: float, committed: float, needed: float) -> None:
+        self.project, self.limit, self.committed, self.needed = project, limit, committed, needed
+        self.left = max(0.0, limit - committed)
+        super().__init__(
+            f"budget: project {project} has {self.left:.1f} of its {limit:.1f} device-seconds "
+            f"left ({committed:.1f} spent or committed to queued jobs); this submission needs "
+            f"an estimated {needed:.1f}; nothing was submitted (raise it with `genfarm budget "
+            f"set {project} SECONDS`)")
+
+
 class StateConflict(GenfarmError):
     """A transition whose expected state no longer holds (someone else moved the job)."""
 

@@ -140,8 +140,7 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
     now = now or utcnow()
     stmt = (
         update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED,
-               or_(Job.not_before.is_(None), Job.not_before <= now))
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED, _due(now))
         .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
                 error=None)
@@ -151,17 +150,33 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
     return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6], r[7], r[8]) for r in rows]
 
 
+def claim_next(session: Session, queue: str, limit: int, owner: str, lease_seconds: float,
+               now: datetime | None = None) -> list[ClaimedJob]:
+    """Claim up to ``limit`` of the best-ranked queued jobs of ``queue`` that share the batch
+    key of its best one, whichever batch they are in: a work unit's message stands for a unit's
+    worth of work on its queue, not for its own ids. So a higher-priority job starts at the
+    next unit, and a unit whose own jobs were cancelled or claimed runs others instead."""
+    now = now or utcnow()
+    best = session.scalar(
+        select(Job.batch_key).where(Job.status == JobStatus.QUEUED, Job.queue == queue, _due(now))
+        .order_by(Job.rank, Job.index).limit(1))
+    return [] if best is None else fill(session, best, limit, owner, lease_seconds, now)
+
+
+def _due(now: datetime) -> Any:
+    return or_(Job.not_before.is_(None), Job.not_before <= now)
+
+
 def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
          now: datetime | None = None) -> list[ClaimedJob]:
-    """Claim up to ``limit`` more queued jobs of ``batch_key``, from any batch (best priority first)."""
+    """Claim up to ``limit`` more queued jobs of ``batch_key``, from any batch (best rank first)."""
     if limit <= 0:
         return []
     now = now or utcnow()
     pick = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.batch_key == batch_key,
-               or_(Job.not_before.is_(None), Job.not_before <= now))
-        .order_by(Job.priority.desc(), Job.created_at, Job.index)
+        .where(Job.status == JobStatus.QUEUED, Job.batch_key == batch_key, _due(now))
+        .order_by(Job.rank, Job.index)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -297,12 +312,33 @@ def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
     """
     now = now or utcnow()
     moved = 0
-    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+    for status in (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.RUNNING):
         moved += len(_move(session, update(Job).where(job_filter, Job.status == status)
                            .values(status=JobStatus.CANCELLED, lease_owner=None,
                                    lease_expires_at=None, finished_at=now, error=reason),
                            status, JobStatus.CANCELLED, reason, None, now))
     return moved
+
+
+def pause(session: Session, job_filter: Any, now: datetime | None = None) -> int:
+    """queued -> paused for the jobs ``job_filter`` selects: no worker claims them until they
+    are resumed. Running jobs finish (a retry of one goes back to the queue)."""
+    now = now or utcnow()
+    return len(_move(session, update(Job).where(job_filter, Job.status == JobStatus.QUEUED)
+                     .values(status=JobStatus.PAUSED, published_at=None),
+                     JobStatus.QUEUED, JobStatus.PAUSED, "paused by user", None, now))
+
+
+def resume(session: Session, job_filter: Any, now: datetime | None = None
+           ) -> list[tuple[str, str, str]]:
+    """paused -> queued for the jobs ``job_filter`` selects; returns them as (id, queue,
+    batch_key), to publish."""
+    now = now or utcnow()
+    rows = _move(session, update(Job).where(job_filter, Job.status == JobStatus.PAUSED)
+                 .values(status=JobStatus.QUEUED, published_at=None),
+                 JobStatus.PAUSED, JobStatus.QUEUED, "resumed by user", None, now,
+                 Job.queue, Job.batch_key)
+    return [(r[0], r[2], r[3]) for r in rows]
 
 
 def retry_failed(session: Session, job_filter: Any, extra_attempts: int,
@@ -335,10 +371,9 @@ def due_unpublished(session: Session, republish_after_s: float, limit: int,
     stale = now - timedelta(seconds=republish_after_s)
     stmt = (
         select(Job.id, Job.queue, Job.batch_key)
-        .where(Job.status == JobStatus.QUEUED,
-               or_(Job.not_before.is_(None), Job.not_before <= now),
+        .where(Job.status == JobStatus.QUEUED, _due(now),
                or_(Job.published_at.is_(None), Job.published_at < stale))
-        .order_by(Job.priority.desc(), Job.created_at, Job.index)
+        .order_by(Job.rank, Job.index)
         .limit(limit)
     )
     return [tuple(r) for r in session.execute(stmt)]  # type: ignore[misc]

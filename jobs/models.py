@@ -78,8 +78,11 @@ class Batch(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # claims and fills: queued jobs of one batch key, best priority first
+        # claims and fills: queued jobs of one queue or batch key, best rank first
         Index("ix_jobs_status_batch_key", "status", "batch_key", "priority"),
+        Index("ix_jobs_status_queue_rank", "status", "queue", "rank"),
+        Index("ix_jobs_status_key_rank", "status", "batch_key", "rank"),
+        Index("ix_jobs_fingerprint_status", "fingerprint", "status"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
@@ -94,6 +97,9 @@ class Job(Base):
     batch_key: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # claim order, lowest first: seconds since the epoch at submission less priority x the
+    # aging step (GENFARM_PRIORITY_AGING_SECONDS), so a waiting job gains on newer ones
+    rank: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
@@ -105,6 +111,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    estimate_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # what makes its outputs (kind, canonical params, model and weights, code version): a job
+    # of the same project with the same fingerprint that succeeded is reused, not run again
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    reused_from: Mapped[str | None] = mapped_column(String(32))
     # share of a long job (a video) finished so far, 0 to 1; 1 once it succeeded
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
@@ -159,3 +170,26 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class Throughput(Base):
+    """Device seconds and work (cost units) recorded per batch key and device: estimates."""
+
+    __tablename__ = "throughput"
+
+    batch_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    device: Mapped[str] = mapped_column(String(32), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    units: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Budget(Base):
+    """A project's device-seconds budget, counting the jobs submitted since it was set."""
+
+    __tablename__ = "budgets"
+
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
+    device_seconds: Mapped[float] = mapped_column(Float)
+    set_at: Mapped[datetime] = mapped_column(default=utcnow)

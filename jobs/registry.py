@@ -129,6 +129,26 @@ def default_batch_key(kind: str, params: Mapping[str, Any]) -> str:
     return key
 
 
+REFERENCE_PIXELS = 128 * 128
+
+
+def default_cost(kind: str, params: Mapping[str, Any]) -> float:
+    """A job's work in units of one 128x128 image: its pixels (an edit without a size takes its
+    source's), times its frames, times the denoising steps it runs (steps x strength)."""
+    source: Any = params.get("source")
+    of_source: Any = source.get("params") if isinstance(source, dict) else None
+    of_source = of_source if isinstance(of_source, dict) else {}
+    width = params.get("width") or of_source.get("width") or 128
+    height = params.get("height") or of_source.get("height") or 128
+    units = float(width) * float(height) / REFERENCE_PIXELS
+    if isinstance(params.get("frames"), int):
+        units *= params["frames"]
+    if isinstance(params.get("steps"), int):
+        strength = params.get("strength")
+        units *= max(1.0, params["steps"] * (strength if isinstance(strength, float) else 1.0))
+    return units
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """A model family: the kinds it serves, each kind's parameters, and its worker side."""
@@ -140,6 +160,10 @@ class FamilySpec:
     weights: Literal["required", "optional", "none"] = "required"
     options: type[BaseModel] | None = None  # the family's options in the models file
     batch_key: Callable[[str, Mapping[str, Any]], str] = default_batch_key
+    # how much work a job is (units of one 128x128 image), and a unit's device seconds before
+    # any run (a benchmark figure; None: estimates say unknown until one has run)
+    cost: Callable[[str, Mapping[str, Any]], float] = default_cost
+    unit_seconds: float | None = None
     # The kind whose jobs are "generated objects": a GeneratedRef names one of them, and a source
     # given as a line of the same manifest is recomputed bit-exactly from that line's params by
     # this family (no waiting for the source job). None: such sources are refused.

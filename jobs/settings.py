@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(
         300.0, gt=0, description="A queued job unclaimed this long is published again."
     )
+    priority_aging_seconds: float = Field(
+        30.0, gt=0, description="A queued job gains one priority point per this many seconds "
+        "it waits, so low priority is never starved: a job at -100 goes before a new one at 500 "
+        "once it has waited 600 points' worth (5 h at 30 s).")
     reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
     unit_time_limit: float = Field(
         3600.0, ge=0, description="Seconds a work unit may run (0: no limit); its jobs then retry.")

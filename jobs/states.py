@@ -11,6 +11,7 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"  # finished; its outputs are recorded and in storage
     FAILED = "failed"  # finished with an error; out of attempts or a permanent error
     CANCELLED = "cancelled"  # withdrawn by the user before it finished
+    PAUSED = "paused"  # held by the user (``genfarm pause``): not claimed until resumed
 
 
 # Finished states: nothing moves a job out of them, except a user's explicit retry of a failure.
@@ -18,7 +19,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 # The only transitions the state machine allows; terminal states never change.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.PAUSED}),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import uuid
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
 from jobs.batches import reopen
+from jobs.budgets import check_budget
 from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
 from jobs.lifecycle import due_unpublished, insert_rows, mark_published
-from jobs.manifest import JobSpec, parse_manifest, validate_records
+from jobs.manifest import JobSpec, own_path, parse_manifest, validate_records
 from jobs.models import Batch, Job, Project, utcnow
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -74,12 +76,16 @@ class SubmitResult:
 
 def submit(
     sessions: sessionmaker[Session], project: str, specs: Sequence[JobSpec], publish: Publisher,
-    *, unit_size: int, source: str = "",
+    *, unit_size: int, source: str = "", aging_s: float = 30.0, catalog: Catalog | None = None,
 ) -> SubmitResult:
     """Record a validated batch in one transaction, then publish its work units.
 
     If publishing fails the batch is still recorded with every job queued; the
-    reconciler publishes them once the broker is back.
+    reconciler publishes them once the broker is back. A job's rank (its claim order) is its
+    submission time less its priority times ``aging_s``: it gains a point per ``aging_s``
+    seconds it waits. With ``catalog``, each job's estimated device seconds are recorded and
+    the project's budget, if it has one, is checked in the same transaction
+    (:class:`BudgetExceeded`, nothing written).
     """
     check_project(project)
     if not specs:
@@ -87,6 +93,7 @@ def submit(
     source = "".join(ch if ch.isprintable() else "?" for ch in source)[:255]
     batch_id = new_id()
     now = utcnow()
+    epoch = now.timestamp()
     rows: list[dict[str, Any]] = []
     triples: list[tuple[str, str, str]] = []
     ids = [new_id() for _ in specs]
@@ -95,15 +102,18 @@ def submit(
         if spec.refs:  # {"line": N} references: name the referenced job by its id
             params = copy.copy(params)
             for path, position in spec.refs:
-                _own(params, path)["job"] = ids[position]
+                own_path(params, path)["job"] = ids[position]
         rows.append({
             "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
             "model": params.get("model", ""), "queue": spec.queue, "params": params, "batch_key": spec.batch_key, "status": "queued",
-            "priority": spec.priority, "attempt": 0, "max_attempts": spec.max_attempts,
+            "priority": spec.priority, "rank": epoch - spec.priority * aging_s, "attempt": 0, "max_attempts": spec.max_attempts,
             "created_at": now, "device_seconds": 0.0,
         })
         triples.append((job_id, spec.queue, spec.batch_key))
     with sessions.begin() as session:
+        if catalog is not None:
+            _estimate_rows(session, catalog, rows)
+            check_budget(session, project, sum(r["estimate_seconds"] for r in rows))
         if session.scalar(select(Project.name).where(Project.name == project)) is None:
             session.add(Project(name=project, created_at=now))
             session.flush()
@@ -119,16 +129,6 @@ def submit(
     return SubmitResult(batch_id, len(rows), units, True)
 
 
-def _own(params: dict[str, Any], path: str) -> dict[str, Any]:
-    """The node at ``path`` with each container on the way copied: specs share their templates."""
-    node: Any = params
-    for part in path.split("."):
-        key: Any = int(part) if part.isdigit() else part
-        node[key] = child = copy.copy(node[key])
-        node = child
-    return node
-
-
 @dataclass(frozen=True)
 class Submitter:
     """The one submission path (parse, resolve, insert, publish) that the CLI, the API and the
@@ -140,6 +140,7 @@ class Submitter:
     objects: Callable[[], Any]  # the storage, opened only when a manifest references it
     unit_size: int = 64
     default_max_attempts: int = 3
+    aging_s: float = 30.0  # GENFARM_PRIORITY_AGING_SECONDS
 
     def parse(self, data: str | bytes, *, format: str = "jsonl",
               source: str = "manifest") -> list[JobSpec]:
@@ -164,7 +165,7 @@ class Submitter:
     def submit(self, project: str, specs: list[JobSpec], *, source: str = "") -> SubmitResult:
         specs = self.resolve(project, specs, source or "manifest")
         return submit(self.sessions, project, specs, self.publish, unit_size=self.unit_size,
-                      source=source)
+                      source=source, aging_s=self.aging_s, catalog=self.catalog)
 
     def submit_manifest(self, project: str, data: str | bytes, *, format: str = "jsonl",
                         source: str = "manifest") -> SubmitResult:
@@ -228,3 +229,32 @@ def retry_failed_jobs(sessions: sessionmaker[Session], publish: Publisher, job_f
     if n:
         publish_due(sessions, publish, unit_size=unit_size, republish_after_s=republish_after_s)
     return n
+
+
+def _estimate_rows(session: Session, catalog: Catalog, rows: list[dict[str, Any]]) -> None:
+    from jobs.estimates import job_cost, rates
+
+    keys = {(r["batch_key"], r["kind"], r["model"]) for r in rows}
+    rate = {key: seconds for key, (seconds, _) in rates(session, catalog, keys).items()}
+    for r in rows:
+        seconds = rate[r["batch_key"]]
+        r["estimate_seconds"] = 0.0 if seconds is None else seconds * job_cost(
+            catalog, r["kind"], r["params"])
+
+
+def pause_jobs(sessions: sessionmaker[Session], job_filter: Any) -> int:
+    """queued -> paused for the jobs ``job_filter`` selects; running ones finish."""
+    with sessions.begin() as session:
+        return lifecycle.pause(session, job_filter)
+
+
+def resume_jobs(sessions: sessionmaker[Session], publish: Publisher, job_filter: Any, *,
+                unit_size: int) -> int:
+    """paused -> queued for the jobs ``job_filter`` selects, published at once (if the broker
+    is down, the reconciler publishes them when it is back)."""
+    with sessions.begin() as session:
+        resumed = lifecycle.resume(session, job_filter)
+    if resumed:
+        with contextlib.suppress(Exception):  # noqa: BLE001 - the reconciler publishes them
+            publish_jobs(sessions, publish, resumed, unit_size)
+    return len(resumed)

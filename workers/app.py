@@ -94,8 +94,10 @@ def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
     app.genfarm_runtime = runtime
 
     @app.task(name=RUN_UNIT, acks_late=True)
-    def run_unit(job_ids: list[str], batch_key: str = "") -> dict[str, Any]:
-        report = runtime().run_unit(job_ids)
+    def run_unit(job_ids: list[str], batch_key: str = "", queue: str = "") -> dict[str, Any]:
+        # a unit's worth of the best work on its queue (messages of an earlier release, which
+        # name no queue: its own jobs)
+        report = runtime().run_unit(job_ids, queue or None)
         log.info("unit %s: %s", batch_key, report.as_dict())
         return report.as_dict()
 
@@ -116,7 +118,8 @@ def make_submitter(settings: Settings, app: Celery | None = None) -> Any:
         publish=publisher(app or make_app(settings)), catalog=load_catalog(settings),
         objects=lambda: open_storage(settings.resolved_storage_url(),
                                      endpoint_url=settings.s3_endpoint_url),
-        unit_size=settings.unit_size, default_max_attempts=settings.max_attempts)
+        unit_size=settings.unit_size, default_max_attempts=settings.max_attempts,
+        aging_s=settings.priority_aging_seconds)
 
 
 def publisher(app: Celery):  # type: ignore[no-untyped-def]
@@ -127,7 +130,8 @@ def publisher(app: Celery):  # type: ignore[no-untyped-def]
             return
         with app.producer_or_acquire() as producer:
             for unit in units:
-                app.send_task(RUN_UNIT, args=[unit.job_ids, unit.batch_key], queue=unit.queue,
+                app.send_task(RUN_UNIT, args=[unit.job_ids, unit.batch_key, unit.queue],
+                              queue=unit.queue,
                               producer=producer)
 
     return publish

@@ -26,8 +26,10 @@ from jobs.batches import finalize_if_done
 from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
 from jobs.errors import GenfarmError, PipelineError
+from jobs.estimates import record_pass
 from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
+from jobs.registry import default_cost
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.submit import Publisher, publish_jobs
@@ -137,12 +139,16 @@ class Runtime:
         self.engine.dispose()
 
     # -- one unit --------------------------------------------------------------------------
-    def run_unit(self, job_ids: Sequence[str]) -> UnitReport:
+    def run_unit(self, job_ids: Sequence[str], queue: str | None = None) -> UnitReport:
+        """Claim and run a unit: with ``queue``, a unit's worth of the best-ranked queued jobs
+        there (its own ids only count how many to take); without, its own ids."""
         s = self.settings
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
         report = UnitReport()
         with self.sessions.begin() as session:
-            claimed = lifecycle.claim(session, job_ids, owner, s.lease_seconds)
+            claimed = (lifecycle.claim_next(session, queue, max(len(job_ids), 1), owner,
+                                            s.lease_seconds) if queue
+                       else lifecycle.claim(session, job_ids, owner, s.lease_seconds))
         if claimed:
             # top up the last forward pass with queued jobs of the same key from any batch
             short = (-len(claimed)) % s.max_batch
@@ -297,11 +303,22 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - one job's upload failing fails that job only
                 results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
                                          device_seconds=share))
-        self._record(owner, results, report)
+        first = chunk[0]
+        spec = self.catalog.family(first.model) if first.model in self.catalog.models else None
+        device = self.device if spec is None or spec.uses_device else "cpu"
+        cost = spec.cost if spec is not None else default_cost
+        units = sum(cost(j.kind, j.params) for j in chunk)
+        self._record(owner, results, report,
+                     (first.batch_key, device, len(chunk), units, share * len(chunk)))
 
-    def _record(self, owner: str, results: list[JobResult], report: UnitReport) -> None:
+    def _record(self, owner: str, results: list[JobResult], report: UnitReport,
+                throughput: tuple[str, str, int, float, float] | None = None) -> None:
+        """Record outcomes, and with ``throughput`` (batch key, device, jobs, units, seconds)
+        the pass they came from, for estimates: one transaction."""
         with self.sessions.begin() as session:
             ok, failed, requeued = lifecycle.record(session, owner, results)
+            if throughput is not None:
+                record_pass(session, *throughput)
         report.succeeded += len(ok)
         report.failed += len(failed)
         report.requeued += len(requeued)

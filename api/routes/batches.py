@@ -29,7 +29,7 @@ from jobs.errors import LineError, ManifestError, NotFound
 from jobs.manifest import loads
 from jobs.models import Batch, Job
 from jobs.presence import unserved
-from jobs.submit import SubmitResult, retry_failed_jobs
+from jobs.submit import SubmitResult, pause_jobs, resume_jobs, retry_failed_jobs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -128,6 +128,25 @@ def cancel_batch(batch_id: str, who: Auth, farm: FarmDep) -> Any:
     with farm.sessions() as session:
         batch = own_batch(session, batch_id, who)
     n = cancel_jobs(farm.sessions, farm.storage, Job.batch_id == batch.id, [batch.id])
+    return ActionResult(batch_id=batch.id, changed=n)
+
+
+@router.post("/{batch_id}/pause", response_model=ActionResult, responses=REFUSALS)
+def pause_batch(batch_id: str, who: Auth, farm: FarmDep) -> Any:
+    """Pause: queued jobs are held (paused) until resumed; running ones finish."""
+    with farm.sessions() as session:
+        batch = own_batch(session, batch_id, who)
+    return ActionResult(batch_id=batch.id, changed=pause_jobs(farm.sessions,
+                                                              Job.batch_id == batch.id))
+
+
+@router.post("/{batch_id}/resume", response_model=ActionResult, responses=REFUSALS)
+def resume_batch(batch_id: str, who: Auth, farm: FarmDep) -> Any:
+    """Resume: paused jobs are queued again, in their old place, and published."""
+    with farm.sessions() as session:
+        batch = own_batch(session, batch_id, who)
+    n = resume_jobs(farm.sessions, farm.publish, Job.batch_id == batch.id,
+                    unit_size=farm.settings.unit_size)
     return ActionResult(batch_id=batch.id, changed=n)
 
 

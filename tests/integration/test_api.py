@@ -99,6 +99,8 @@ def test_a_project_sees_only_its_own_batches(farm: dict[str, Any]) -> None:
     other = auth(farm["b"])
     for method, path in [("GET", f"/v1/batches/{batch}"), ("GET", f"/v1/batches/{batch[:8]}"),
                          ("POST", f"/v1/batches/{batch}/cancel"),
+                         ("POST", f"/v1/batches/{batch}/pause"),
+                         ("POST", f"/v1/batches/{batch}/resume"),
                          ("POST", f"/v1/batches/{batch}/retry"), ("GET", f"/v1/jobs/{job_id}"),
                          ("GET", f"/v1/jobs/{job_id}/outputs/payload.bin")]:
         assert c.request(method, path, headers=other).status_code == 404, path
@@ -108,6 +110,20 @@ def test_a_project_sees_only_its_own_batches(farm: dict[str, Any]) -> None:
     assert c.get(f"/v1/batches/{batch}", headers=auth(farm["a"])).json()["counts"]["cancelled"] == 0
     r = c.post(f"/v1/batches/{batch}/cancel", headers=auth(farm["a"]))
     assert r.status_code == 200 and r.json()["changed"] == 2
+
+
+def test_pause_and_resume_a_batch(farm: dict[str, Any]) -> None:
+    c, a = farm["client"], auth(farm["a"])
+    batch = c.post("/v1/batches", json={"jobs": JOBS}, headers=a).json()["batch_id"]
+    r = c.post(f"/v1/batches/{batch}/pause", headers=a)
+    assert r.status_code == 200 and r.json()["changed"] == 2
+    view = c.get(f"/v1/batches/{batch}", headers=a).json()
+    assert view["status"] == "paused" and view["counts"]["paused"] == 2
+    assert c.post(f"/v1/batches/{batch}/pause", headers=a).json()["changed"] == 0
+    r = c.post(f"/v1/batches/{batch}/resume", headers=a)
+    assert r.status_code == 200 and r.json()["changed"] == 2
+    view = c.get(f"/v1/batches/{batch}", headers=a).json()
+    assert view["status"] == "active" and view["counts"]["queued"] == 2
 
 
 def test_body_size_and_rate_limits(tmp_path: Path, farm: dict[str, Any]) -> None:
@@ -307,3 +323,22 @@ def test_openapi_conformance(farm: dict[str, Any]) -> None:
                                    excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def test_usage_and_a_budget_refusal(farm: dict[str, Any]) -> None:
+    from jobs.budgets import set_budget
+
+    c, a = farm["client"], auth(farm["a"])
+    assert c.post("/v1/batches", json={"jobs": JOBS}, headers=a).status_code == 201
+    with farm["app"].state.sessions.begin() as s:
+        set_budget(s, "studio-a", 0.005)  # less than the two jobs' benchmark figures (0.00675)
+    r = c.post("/v1/batches", json={"jobs": JOBS}, headers=a)
+    assert r.status_code == 402, r.text
+    assert "device-seconds left" in r.json()["detail"] and "needs an estimated" in r.json()["detail"]
+    used = c.get("/v1/usage", headers=a).json()
+    assert used["project"] == "studio-a" and used["jobs"] == 2
+    assert used["budget"]["device_seconds"] == 0.005 and used["budget"]["left"] == 0.005
+    other = c.get("/v1/usage", headers=auth(farm["b"])).json()
+    assert other["jobs"] == 0 and other["budget"] is None  # each project sees its own
+    assert c.get("/v1/usage?since=2999-01-01", headers=a).json()["jobs"] == 0
+    assert c.get("/v1/usage").status_code == 401

@@ -55,6 +55,8 @@ def rows_for(tables: dict[str, Table]) -> dict[str, list[dict[str, Any]]]:
         job_id = f"{index:032x}"
         out["jobs"].append(fit("jobs", {
             "id": job_id, "batch_id": "b" * 32, "index": index, "kind": kind, "params": params,
+            "model": "aether" if kind == "generate" else "noop",  # from 0004 on, as submitted
+            "queue": "aether" if kind == "generate" else "noop",
             "batch_key": key, "status": state, "priority": index, "attempt": int(state != "queued"),
             "max_attempts": 3, "created_at": NOW, "device_seconds": 0.5 * index,
             "lease_owner": "host:1:2:abc" if state == "running" else None,
