@@ -15,6 +15,7 @@ from api.routes import batches, health, jobs, usage
 from jobs import __version__
 from jobs.catalog import load_catalog
 from jobs.db import make_engine, session_factory
+from jobs.reuse import model_identity
 from jobs.settings import Settings
 from jobs.submit import Submitter
 from storage import open_storage
@@ -37,7 +38,9 @@ def create_app(settings: Settings) -> FastAPI:
                 submitter=Submitter(sessions, publish, catalog, lambda: storage,
                                     unit_size=settings.unit_size,
                                     default_max_attempts=settings.max_attempts,
-                                    aging_s=settings.priority_aging_seconds),
+                                    aging_s=settings.priority_aging_seconds,
+                                    identity=lambda model: model_identity(catalog, model,
+                                                                          settings)),
                 limiter=RateLimiter(settings.api_rate_per_minute, settings.api_rate_burst))
     farm.metrics.register(FarmCollector(sessions, lambda: queue_depths(settings, catalog)))
     app.state.farm, app.state.sessions, app.state.engine = farm, sessions, engine

@@ -39,6 +39,7 @@ class BatchCreated(BaseModel):
     job_count: int
     units: int
     published: bool
+    reused: int = Field(0, description="Jobs that reused an identical succeeded job's outputs.")
 
 
 class BatchView(BaseModel):
@@ -54,6 +55,8 @@ class BatchView(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     manifest_key: str | None
+    reused: int = Field(0, description="Succeeded jobs that reused the outputs of an identical "
+                        "earlier job of the project (no device time).")
     unserved_models: dict[str, int] | None = Field(
         None, description="Queued jobs per model that no running worker serves (they wait for "
         "one to start); given for one batch, not in listings.")
@@ -86,6 +89,8 @@ class JobView(BaseModel):
     max_attempts: int
     error: str | None
     device_seconds: float
+    reused_from: str | None = Field(None, description="The succeeded job whose outputs this one "
+                                    "reused instead of running (identical kind, params, model).")
     progress: float = Field(description="Share finished, 0 to 1 (long jobs report as they go).")
     created_at: datetime
     started_at: datetime | None

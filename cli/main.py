@@ -108,6 +108,9 @@ def db_current(settings: Settings) -> None:
               help="Manifest format [default: from the file name, else jsonl].")
 @click.option("--wait", is_flag=True, help="Show progress until every job has finished.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--force", is_flag=True,
+              help="Run every job, even one identical to a job of this project that already "
+              "succeeded (by default it reuses that job's outputs at no device time).")
 @click.option("--dry-run", is_flag=True,
               help="Validate and estimate only: jobs per kind and model, device seconds, wall "
               "time; nothing is written.")
@@ -119,7 +122,8 @@ def db_current(settings: Settings) -> None:
 @settings_options
 @friendly_errors
 def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wait: bool,
-           as_json: bool, dry_run: bool, n_workers: int | None, max_bytes: int) -> None:
+           as_json: bool, force: bool, dry_run: bool, n_workers: int | None,
+           max_bytes: int) -> None:
     """Validate MANIFEST (JSONL or CSV, '-' for stdin) and queue it as one batch.
 
     \b
@@ -142,16 +146,18 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
 
         specs = submitter.resolve(project, submitter.parse(
             data, format=fmt or format_for(manifest), source=source), source)
-        print_estimate(settings, submitter, project, specs, n_workers, as_json)
+        print_estimate(settings, submitter, project, specs, n_workers, as_json, force)
         return
     result = submitter.submit_manifest(project, data, format=fmt or format_for(manifest),
-                                       source=source)
+                                       source=source, force=force)
     sessions = submitter.sessions
     if as_json and not wait:
         click.echo(json.dumps(result.__dict__))
     elif not as_json:
         click.echo(result.batch_id)
-        click.echo(f"{result.job_count} jobs in {result.units} work units", err=True)
+        reused = (f"; {result.reused} reuse the outputs of identical jobs that succeeded "
+                  "(--force runs them again)" if result.reused else "")
+        click.echo(f"{result.job_count} jobs in {result.units} work units{reused}", err=True)
     if not result.published:
         click.echo(printable(f"warning: broker unavailable ({result.publish_error}); the jobs are "
                              "recorded and a worker's reconciler will publish them"), err=True)
@@ -229,7 +235,8 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
     click.echo(printable(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})"))
     click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done "
                f"({summary['progress']:.0%}), {summary['device_seconds']:.1f} device-seconds")
-    click.echo("jobs      " + "  ".join(f"{k} {v}" for k, v in summary["counts"].items()))
+    click.echo("jobs      " + "  ".join(f"{k} {v}" for k, v in summary["counts"].items())
+               + (f"  (reused {summary['reused']})" if summary["reused"] else ""))
     if summary["manifest_key"]:
         click.echo(printable(f"manifest  {summary['manifest_key']}"))
     for model, count in sorted(waiting.items()):

@@ -14,15 +14,25 @@ from jobs.settings import Settings
 
 
 def print_estimate(settings: Settings, submitter: Any, project: str, specs: list[Any],
-                   workers: int | None, as_json: bool) -> None:
+                   workers: int | None, as_json: bool, force: bool = False) -> None:
     """The jobs per kind and model of a validated manifest and what they are estimated to
-    cost; nothing is written."""
+    cost (jobs that would reuse an identical succeeded job's outputs cost nothing); nothing is
+    written."""
     from jobs.budgets import committed_seconds
     from jobs.estimates import estimate
     from jobs.models import Budget
     from jobs.presence import served_models
+    from jobs.reuse import fingerprint, reusable
 
+    total = len(specs)
     with submitter.sessions() as session:
+        if not force and submitter.identity is not None:
+            identities = {m: submitter.identity(m) for m in {s.params.get("model", "")
+                                                             for s in specs}}
+            prints = [fingerprint(submitter.catalog, s.kind, s.params,
+                                  identities[s.params.get("model", "")]) for s in specs]
+            hits = reusable(session, project, (p for p in prints if p))
+            specs = [s for s, p in zip(specs, prints, strict=True) if not p or p not in hits]
         if workers is None:
             served = served_models(session, 3 * settings.reconcile_interval)
             models = {s.params.get("model", "") for s in specs}
@@ -32,7 +42,8 @@ def print_estimate(settings: Settings, submitter: Any, project: str, specs: list
         budget = session.get(Budget, project)
         left = (None if budget is None else
                 budget.device_seconds - committed_seconds(session, project, budget.set_at))
-    report = found.as_dict() | {"dry_run": True, "project": project,
+    reused = total - len(specs)
+    report = found.as_dict() | {"dry_run": True, "project": project, "reused": reused,
                                 "budget_left": None if left is None else round(left, 3)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -44,7 +55,10 @@ def print_estimate(settings: Settings, submitter: Any, project: str, specs: list
         secs = "unknown" if g.device_seconds is None else f"{g.device_seconds:.1f}"
         click.echo(printable(f"{g.kind:<9} {g.model:<16} {size:<11} {g.jobs:>7} {secs:>10}  "
                              f"{g.basis}"))
-    click.echo(f"total     {found.jobs} jobs, {found.device_seconds:.1f} device-seconds; about "
+    if reused:
+        click.echo(f"reused    {reused} jobs identical to succeeded ones take their outputs "
+                   "(0 device-seconds; --force runs them)")
+    click.echo(f"total     {found.jobs} jobs to run, {found.device_seconds:.1f} device-seconds; about "
                f"{_duration(found.wall_seconds)} on {found.workers} worker(s)")
     if found.unknown:
         click.echo(printable(f"not estimated: {', '.join(found.unknown)} (no run yet)"))

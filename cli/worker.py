@@ -106,7 +106,8 @@ def demo(settings: Settings, project: str) -> None:
     app = make_app(settings)
     submitter = make_submitter(settings, app)
     sessions = submitter.sessions
-    result = submitter.submit_manifest(project, family.demo, source="demo.jsonl")
+    # force: the demo shows the pipeline at work, not the outputs of an earlier demo reused
+    result = submitter.submit_manifest(project, family.demo, source="demo.jsonl", force=True)
     click.echo(f"submitted batch {result.batch_id}: {result.job_count} jobs "
                f"({family.demo_summary or family.summary})")
 

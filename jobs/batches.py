@@ -33,6 +33,7 @@ class BatchSummary:
     finished_at: datetime | None
     manifest_key: str | None
     running_progress: float = 0.0  # summed progress of the running jobs
+    reused: int = 0  # succeeded jobs that took an identical earlier job's outputs
 
     @property
     def done(self) -> int:
@@ -52,7 +53,7 @@ class BatchSummary:
             "progress": round(self.progress, 4),
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "manifest_key": self.manifest_key,
+            "manifest_key": self.manifest_key, "reused": self.reused,
         }
 
 
@@ -114,6 +115,9 @@ def summarize(session: Session, batch: Batch) -> BatchSummary:
     running = session.scalar(select(func.coalesce(func.sum(Job.progress), 0.0)).where(
         Job.batch_id == batch.id, Job.status == JobStatus.RUNNING))
     counts = count_by_status(session, batch.id)
+    reused = session.scalar(select(func.count()).where(
+        Job.batch_id == batch.id, Job.reused_from.is_not(None))) if counts.get(
+        JobStatus.SUCCEEDED) else 0
     status = batch.status
     if (status == BatchStatus.ACTIVE and counts.get(JobStatus.PAUSED)
             and not counts.get(JobStatus.QUEUED) and not counts.get(JobStatus.RUNNING)):
@@ -121,7 +125,7 @@ def summarize(session: Session, batch: Batch) -> BatchSummary:
     return BatchSummary(batch.id, batch.project, status, batch.source, batch.job_count,
                         counts, float(seconds or 0.0),
                         batch.created_at, batch.finished_at, batch.manifest_key,
-                        float(running or 0.0))
+                        float(running or 0.0), int(reused or 0))
 
 
 def list_batches(session: Session, project: str | None = None, limit: int = 20) -> list[Batch]:
@@ -153,6 +157,7 @@ def manifest_lines(session: Session, batch_id: str) -> bytes:
             "job_id": job.id, "index": job.index, "kind": job.kind, "params": job.params,
             "status": job.status, "attempts": job.attempt, "error": job.error,
             "device_seconds": round(job.device_seconds, 4), "outputs": outputs.get(job.id, []),
+            "reused_from": job.reused_from,
         }, sort_keys=True))
     return ("\n".join(lines) + "\n").encode()
 

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
 from jobs.lifecycle import due_unpublished, insert_rows, mark_published
 from jobs.manifest import JobSpec, own_path, parse_manifest, validate_records
-from jobs.models import Batch, Job, Project, utcnow
+from jobs.models import Batch, Job, JobEvent, Output, Project, utcnow
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -72,11 +72,13 @@ class SubmitResult:
     units: int
     published: bool
     publish_error: str | None = None
+    reused: int = 0  # jobs that took the outputs of an identical succeeded job: not published
 
 
 def submit(
     sessions: sessionmaker[Session], project: str, specs: Sequence[JobSpec], publish: Publisher,
     *, unit_size: int, source: str = "", aging_s: float = 30.0, catalog: Catalog | None = None,
+    identity: Callable[[str], Mapping[str, Any]] | None = None, force: bool = False,
 ) -> SubmitResult:
     """Record a validated batch in one transaction, then publish its work units.
 
@@ -85,7 +87,10 @@ def submit(
     submission time less its priority times ``aging_s``: it gains a point per ``aging_s``
     seconds it waits. With ``catalog``, each job's estimated device seconds are recorded and
     the project's budget, if it has one, is checked in the same transaction
-    (:class:`BudgetExceeded`, nothing written).
+    (:class:`BudgetExceeded`, nothing written). With ``identity`` too (a model's identity,
+    ``jobs.reuse.model_identity``), each job gets its fingerprint, and unless ``force`` a job
+    identical to one of the project's succeeded jobs takes that job's outputs instead of running
+    (``reused_from``, zero device seconds, no message).
     """
     check_project(project)
     if not specs:
@@ -107,13 +112,19 @@ def submit(
             "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
             "model": params.get("model", ""), "queue": spec.queue, "params": params, "batch_key": spec.batch_key, "status": "queued",
             "priority": spec.priority, "rank": epoch - spec.priority * aging_s, "attempt": 0, "max_attempts": spec.max_attempts,
-            "created_at": now, "device_seconds": 0.0,
+            "created_at": now, "device_seconds": 0.0, "started_at": None, "finished_at": None,
+            "progress": 0.0, "fingerprint": None, "reused_from": None,
         })
         triples.append((job_id, spec.queue, spec.batch_key))
+    if catalog is not None and identity is not None:
+        _fingerprint_rows(catalog, identity, specs, rows)
+    reused: list[dict[str, Any]] = []
     with sessions.begin() as session:
+        if catalog is not None and identity is not None and not force:
+            reused = _reuse(session, project, rows, now)
         if catalog is not None:
-            _estimate_rows(session, catalog, rows)
-            check_budget(session, project, sum(r["estimate_seconds"] for r in rows))
+            _estimate_rows(session, catalog, [r for r in rows if r["status"] == "queued"])
+            check_budget(session, project, sum(r.get("estimate_seconds", 0.0) for r in rows))
         if session.scalar(select(Project.name).where(Project.name == project)) is None:
             session.add(Project(name=project, created_at=now))
             session.flush()
@@ -121,12 +132,55 @@ def submit(
                           job_count=len(rows), created_at=now))
         session.flush()
         insert_rows(session, Job, rows)
+        if reused:
+            insert_rows(session, Output, reused)
+            insert_rows(session, JobEvent, [
+                {"job_id": r["id"], "at": now, "from_status": None, "to_status": "succeeded",
+                 "attempt": 0, "reason": f"reused the outputs of job {r['reused_from']}"[:255],
+                 "worker": None} for r in rows if r["reused_from"]])
+    n_reused = sum(1 for r in rows if r["reused_from"])
+    triples = [t for t, r in zip(triples, rows, strict=True) if not r["reused_from"]]
     units = len(make_units(triples, unit_size))
     try:
         publish_jobs(sessions, publish, triples, unit_size)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs to the reconciler
-        return SubmitResult(batch_id, len(rows), units, False, f"{type(exc).__name__}: {exc}")
-    return SubmitResult(batch_id, len(rows), units, True)
+        return SubmitResult(batch_id, len(rows), units, False, f"{type(exc).__name__}: {exc}",
+                            n_reused)
+    return SubmitResult(batch_id, len(rows), units, True, reused=n_reused)
+
+
+def _fingerprint_rows(catalog: Catalog, identity: Callable[[str], Mapping[str, Any]],
+                      specs: Sequence[JobSpec], rows: list[dict[str, Any]]) -> None:
+    from jobs.reuse import fingerprint
+
+    identities: dict[str, Mapping[str, Any]] = {}
+    for spec, row in zip(specs, rows, strict=True):
+        model = row["model"]
+        if model not in identities:
+            identities[model] = identity(model)
+        row["fingerprint"] = fingerprint(catalog, spec.kind, spec.params, identities[model])
+
+
+def _reuse(session: Session, project: str, rows: list[dict[str, Any]],
+           now: Any) -> list[dict[str, Any]]:
+    """Rows identical to a succeeded job of ``project`` become succeeded jobs that reuse its
+    outputs; returns the output rows they get (the same keys and checksums)."""
+    from jobs.reuse import outputs_of, reusable
+
+    found = reusable(session, project, (r["fingerprint"] for r in rows if r.get("fingerprint")))
+    outputs = outputs_of(session, found.values())
+    copied: list[dict[str, Any]] = []
+    for row in rows:
+        original = found.get(row.get("fingerprint") or "")
+        row["reused_from"] = original
+        if original is None:
+            continue
+        row.update(status="succeeded", started_at=now, finished_at=now, progress=1.0,
+                   estimate_seconds=0.0)
+        copied += [{"job_id": row["id"], "name": o.name, "key": o.key, "sha256": o.sha256,
+                    "bytes": o.bytes, "content_type": o.content_type, "created_at": now}
+                   for o in outputs.get(original, [])]
+    return copied
 
 
 @dataclass(frozen=True)
@@ -141,6 +195,7 @@ class Submitter:
     unit_size: int = 64
     default_max_attempts: int = 3
     aging_s: float = 30.0  # GENFARM_PRIORITY_AGING_SECONDS
+    identity: Callable[[str], Mapping[str, Any]] | None = None  # see jobs.reuse.model_identity
 
     def parse(self, data: str | bytes, *, format: str = "jsonl",
               source: str = "manifest") -> list[JobSpec]:
@@ -162,16 +217,25 @@ class Submitter:
             return resolve_sources(specs, session, project, _Lazy(self.objects), self.catalog,
                                    source)
 
-    def submit(self, project: str, specs: list[JobSpec], *, source: str = "") -> SubmitResult:
+    def submit(self, project: str, specs: list[JobSpec], *, source: str = "",
+               force: bool = False) -> SubmitResult:
+        """Resolve, record and publish; ``force`` runs jobs identical to succeeded ones again
+        instead of reusing their outputs."""
         specs = self.resolve(project, specs, source or "manifest")
-        return submit(self.sessions, project, specs, self.publish, unit_size=self.unit_size,
-                      source=source, aging_s=self.aging_s, catalog=self.catalog)
+        result = submit(self.sessions, project, specs, self.publish, unit_size=self.unit_size,
+                        source=source, aging_s=self.aging_s, catalog=self.catalog,
+                        identity=self.identity, force=force)
+        if result.reused == result.job_count:  # nothing to run: finished now
+            from jobs.batches import finalize_if_done
+
+            finalize_if_done(self.sessions, self.objects(), result.batch_id)
+        return result
 
     def submit_manifest(self, project: str, data: str | bytes, *, format: str = "jsonl",
-                        source: str = "manifest") -> SubmitResult:
+                        source: str = "manifest", force: bool = False) -> SubmitResult:
         check_project(project)
         return self.submit(project, self.parse(data, format=format, source=source),
-                           source=source)
+                           source=source, force=force)
 
 
 class _Lazy:

@@ -119,7 +119,16 @@ def make_submitter(settings: Settings, app: Celery | None = None) -> Any:
         objects=lambda: open_storage(settings.resolved_storage_url(),
                                      endpoint_url=settings.s3_endpoint_url),
         unit_size=settings.unit_size, default_max_attempts=settings.max_attempts,
-        aging_s=settings.priority_aging_seconds)
+        aging_s=settings.priority_aging_seconds, identity=model_identities(settings))
+
+
+def model_identities(settings: Settings) -> Any:
+    """model -> what decides its outputs besides a job's params (jobs.reuse)."""
+    from jobs.catalog import load_catalog
+    from jobs.reuse import model_identity
+
+    catalog = load_catalog(settings)
+    return lambda model: model_identity(catalog, model, settings)
 
 
 def publisher(app: Celery):  # type: ignore[no-untyped-def]

@@ -106,6 +106,7 @@ class Runtime:
         self.broken: dict[str, tuple[float, Exception]] = {}  # model -> (when, why) setup failed
         self._device: str | None = None
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
+        self.warm: set[str] = set()  # batch keys that have had a pass in this process
 
     @property
     def device(self) -> str:
@@ -304,6 +305,10 @@ class Runtime:
                 results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
                                          device_seconds=share))
         first = chunk[0]
+        if first.batch_key not in self.warm:  # a key's first pass pays one-time costs (caches,
+            self.warm.add(first.batch_key)    # allocations): real, but no guide to the next
+            self._record(owner, results, report)
+            return
         spec = self.catalog.family(first.model) if first.model in self.catalog.models else None
         device = self.device if spec is None or spec.uses_device else "cpu"
         cost = spec.cost if spec is not None else default_cost

@@ -45,25 +45,31 @@ BODY_DOC = {"requestBody": {"required": True, "content": {
 @router.post("", status_code=201, response_model=BatchCreated, openapi_extra=BODY_DOC,
              responses={422: {"model": ValidationProblem}, 413: {"model": Problem},
                         415: {"model": Problem}, **REFUSALS})
-async def create_batch(request: Request, who: Auth, farm: FarmDep) -> Any:
-    """Validate a manifest whole (JSON body of jobs, or a JSONL body) and queue it."""
+async def create_batch(request: Request, who: Auth, farm: FarmDep,
+                       force: Annotated[bool, Query(description="Run jobs identical to "
+                                                    "succeeded ones again instead of reusing "
+                                                    "their outputs.")] = False) -> Any:
+    """Validate a manifest whole (JSON body of jobs, or a JSONL body) and queue it. A job
+    identical to one of the project's succeeded jobs reuses its outputs unless ``force``."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSONL_TYPES + JSON_TYPES:
         raise HTTPException(415, f"unsupported content type {ctype[:100]!r}")
     body = await request.body()  # the only part on the event loop: the rest is CPU or blocking
-    result = await off_loop(submit_body, farm, who.project, body, ctype)
+    result = await off_loop(submit_body, farm, who.project, body, ctype, force)
     return BatchCreated(batch_id=result.batch_id, job_count=result.job_count,
-                        units=result.units, published=result.published)
+                        units=result.units, published=result.published, reused=result.reused)
 
 
-def submit_body(farm: Farm, project: str, body: bytes, ctype: str) -> SubmitResult:
+def submit_body(farm: Farm, project: str, body: bytes, ctype: str,
+                force: bool = False) -> SubmitResult:
     """Parse, validate, resolve and record one request body as a batch, then publish it: the
     whole submission path, in one place (a worker thread)."""
     if ctype in JSONL_TYPES:
-        return farm.submitter.submit_manifest(project, body, format="jsonl", source="upload.jsonl")
+        return farm.submitter.submit_manifest(project, body, format="jsonl", source="upload.jsonl",
+                                              force=force)
     payload = read_json_body(body)
     specs = farm.submitter.validate(payload.jobs, source="jobs")
-    return farm.submitter.submit(project, specs, source=payload.source)
+    return farm.submitter.submit(project, specs, source=payload.source, force=force)
 
 
 def read_json_body(body: bytes) -> BatchRequest:
@@ -175,4 +181,4 @@ def batch_view(session: Session, batch: Batch) -> BatchView:
                      jobs=s["jobs"], done=s["done"], progress=s["progress"],
                      counts=s["counts"], device_seconds=s["device_seconds"],
                      created_at=batch.created_at, finished_at=batch.finished_at,
-                     manifest_key=batch.manifest_key)
+                     manifest_key=batch.manifest_key, reused=s["reused"])

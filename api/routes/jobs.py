@@ -35,7 +35,8 @@ def get_job(job_id: str, who: Auth, farm: FarmDep) -> Any:
     return JobView(id=job.id, batch_id=job.batch_id, index=job.index, kind=job.kind,
                    params=job.params, status=job.status, attempt=job.attempt,
                    max_attempts=job.max_attempts, error=job.error,
-                   device_seconds=job.device_seconds, progress=job.progress,
+                   device_seconds=job.device_seconds, reused_from=job.reused_from,
+                   progress=job.progress,
                    created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at, outputs=views)
 
