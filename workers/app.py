@@ -110,25 +110,19 @@ def make_submitter(settings: Settings, app: Celery | None = None) -> Any:
     the models file, the broker, and the storage (opened only when a manifest references it)."""
     from jobs.catalog import load_catalog
     from jobs.db import make_engine, session_factory
+    from jobs.reuse import model_identity
     from jobs.submit import Submitter
     from storage import open_storage
 
+    catalog = load_catalog(settings)
     return Submitter(
         sessions=session_factory(make_engine(settings.resolved_database_url())),
-        publish=publisher(app or make_app(settings)), catalog=load_catalog(settings),
+        publish=publisher(app or make_app(settings)), catalog=catalog,
         objects=lambda: open_storage(settings.resolved_storage_url(),
                                      endpoint_url=settings.s3_endpoint_url),
         unit_size=settings.unit_size, default_max_attempts=settings.max_attempts,
-        aging_s=settings.priority_aging_seconds, identity=model_identities(settings))
-
-
-def model_identities(settings: Settings) -> Any:
-    """model -> what decides its outputs besides a job's params (jobs.reuse)."""
-    from jobs.catalog import load_catalog
-    from jobs.reuse import model_identity
-
-    catalog = load_catalog(settings)
-    return lambda model: model_identity(catalog, model, settings)
+        aging_s=settings.priority_aging_seconds,
+        identity=lambda model: model_identity(catalog, model, settings))
 
 
 def publisher(app: Celery):  # type: ignore[no-untyped-def]
