@@ -14,4 +14,4 @@ VIDEO = KindSpec("video", "MP4 videos (mode: orbit | interpolate | beats)", long
 NOOP = KindSpec("noop", "no model, a tiny output: smoke tests and overhead measurement")
 
 # Fields every manifest line may carry, whatever its kind.
-COMMON_FIELDS = {"kind", "priority", "max_attempts", "count"}
+COMMON_FIELDS = {"kind", "priority", "max_attempts", "count", "after"}

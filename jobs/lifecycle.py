@@ -312,12 +312,67 @@ def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
     """
     now = now or utcnow()
     moved = 0
-    for status in (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.RUNNING):
+    for status in (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.WAITING, JobStatus.RUNNING):
         moved += len(_move(session, update(Job).where(job_filter, Job.status == status)
                            .values(status=JobStatus.CANCELLED, lease_owner=None,
                                    lease_expires_at=None, finished_at=now, error=reason),
                            status, JobStatus.CANCELLED, reason, None, now))
     return moved
+
+
+def release_waiting(session: Session, limit: int = 10_000, now: datetime | None = None
+                    ) -> tuple[list[tuple[str, str, str]], int]:
+    """Waiting jobs whose parents all succeeded go to the queue; those with a parent that
+    failed or was cancelled fail ("upstream failed"). Returns the released jobs as (id, queue,
+    batch_key), to publish, and how many failed. Cheap when nothing waits."""
+    now = now or utcnow()
+    waiting = session.execute(select(Job.id, Job.waits_on).where(
+        Job.status == JobStatus.WAITING).limit(limit)).all()
+    if not waiting:
+        return [], 0
+    verdicts: dict[str, str | None] = {}  # group -> None (done), "" (pending) or why it failed
+    for _, waits_on in waiting:
+        for group in waits_on or []:
+            key = json.dumps(group, sort_keys=True)
+            if key not in verdicts:
+                verdicts[key] = _group_verdict(session, group)
+    ready, upstream = [], defaultdict(list)
+    for job_id, waits_on in waiting:
+        found = [verdicts[json.dumps(g, sort_keys=True)] for g in waits_on or []]
+        failed = next((v for v in found if v), None)
+        if failed:
+            upstream[failed].append(job_id)
+        elif all(v is None for v in found):
+            ready.append(job_id)
+    released = _move(session, update(Job).where(Job.id.in_(ready),
+                                                Job.status == JobStatus.WAITING)
+                     .values(status=JobStatus.QUEUED, published_at=None),
+                     JobStatus.WAITING, JobStatus.QUEUED, "its parents succeeded", None, now,
+                     Job.queue, Job.batch_key) if ready else []
+    failed_n = 0
+    for why, ids in upstream.items():
+        failed_n += len(_move(session, update(Job).where(Job.id.in_(ids),
+                                                         Job.status == JobStatus.WAITING)
+                              .values(status=JobStatus.FAILED, finished_at=now, error=why),
+                              JobStatus.WAITING, JobStatus.FAILED, "upstream failed", None, now))
+    return [(r[0], r[2], r[3]) for r in released], failed_n
+
+
+def _group_verdict(session: Session, group: dict[str, Any]) -> str | None:
+    """None if every job of the group (a batch, or one line of it) succeeded, "" while some
+    are unfinished, else why its dependents fail."""
+    stmt = select(Job.status, func.count()).where(Job.batch_id == group["batch"])
+    if "line" in group:
+        stmt = stmt.where(Job.line == group["line"])
+    counts = {str(s): int(n) for s, n in session.execute(stmt.group_by(Job.status))}
+    what = (f"line {group['line']} of batch {group['batch']}" if "line" in group
+            else f"batch {group['batch']}")
+    bad = {s: n for s, n in counts.items() if s in (JobStatus.FAILED, JobStatus.CANCELLED)}
+    if bad:
+        return f"upstream failed: {what} has " + ", ".join(f"{n} {s}" for s, n in bad.items())
+    if not counts:
+        return f"upstream failed: {what} has no jobs"
+    return None if set(counts) == {JobStatus.SUCCEEDED} else ""
 
 
 def pause(session: Session, job_filter: Any, now: datetime | None = None) -> int:

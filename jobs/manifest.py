@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ CHECK_JOBS = 1_000  # once a manifest has an error, each line is checked on this
 MAX_LINE_BYTES = 64 * 1024
 MAX_PRIORITY = 1000
 MAX_ATTEMPTS = 20
+BATCH_REF_RE = re.compile(r"[0-9a-f]{6,32}")
 MAX_INT_DIGITS = 30  # JSON integers longer than this are refused before Python parses them
 _UNSEEN: Any = object()  # a job not validated yet
 
@@ -56,6 +58,9 @@ class JobSpec:
     line: int
     # references to other jobs of the same manifest: (params path, position in the manifest)
     refs: tuple[tuple[str, int], ...] = ()
+    # what the job waits for (``after``): lines of this manifest, and batches by id or prefix
+    after: tuple[int, ...] = ()
+    after_batches: tuple[str, ...] = ()
 
 
 def parse_manifest(
@@ -117,6 +122,7 @@ def validate_records(
             errors.extend(parsed.errors)
             if not errors:
                 specs.extend(line_specs)
+        errors.extend(_check_after(lines))
     finally:
         if collecting:
             gc.enable()
@@ -126,6 +132,48 @@ def validate_records(
     if errors:
         raise ManifestError(list(dict.fromkeys(errors)), source)
     return specs
+
+
+def _check_after(lines: dict[int, _Line]) -> list[LineError]:
+    """Every line an ``after`` names is a job line without errors, and no line waits on
+    itself through others (a cycle: named on each of its lines)."""
+    errors = []
+    for parsed in lines.values():
+        for target in parsed.after:
+            if target == parsed.line:
+                continue  # said already
+            other = lines.get(target)
+            if other is None:
+                errors.append(LineError(parsed.line, "after", f"line {target} is not a job "
+                                                              "line of this manifest"))
+            elif other.errors:
+                errors.append(LineError(parsed.line, "after", f"line {target} has errors"))
+    graph = {n: [t for t in p.after if t in lines and t != n] for n, p in lines.items()}
+    state: dict[int, int] = {}  # 1: on the path being walked, 2: done
+    for start in graph:
+        stack = [(start, iter(graph[start]))]
+        state[start] = state.get(start) or 1
+        if state[start] == 2:
+            continue
+        path = [start]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                cycle = path[path.index(child):]
+                for n in cycle:
+                    errors.append(LineError(n, "after", "waits for itself through lines "
+                                            + " -> ".join(map(str, [*cycle, child]))))
+                state[child] = 2
+            elif state.get(child) is None:
+                state[child] = 1
+                stack.append((child, iter(graph[child])))
+                path.append(child)
+    return errors
 
 
 # -- reading lines ------------------------------------------------------------------------------
@@ -250,6 +298,8 @@ class _Line:
         self.schema: type[Params] | None = None
         self.model = ""
         self.kind = ""
+        self.after: tuple[int, ...] = ()
+        self.after_batches: tuple[str, ...] = ()
         self._prepare(record, default_max_attempts)
 
     def _error(self, field: str, message: str) -> None:
@@ -296,6 +346,7 @@ class _Line:
         self.attempts = self._int_field(record, "max_attempts", default_max_attempts, 1,
                                         MAX_ATTEMPTS)
         count = self._int_field(record, "count", 1, 1, MAX_JOBS)
+        self.after, self.after_batches = self._after(record.get("after"))
         fields = schema.model_fields
         template: dict[str, Any] = {"model": model}
         for key, value in record.items():
@@ -338,6 +389,26 @@ class _Line:
             if path == "source":  # an edit of a line runs once per job of that line
                 size *= target.size
         self.size = size
+
+    def _after(self, value: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """``after``: a line number or batch id, or a list of them; checked against the whole
+        manifest once every line is read (a line may wait for a later one)."""
+        if value is None:
+            return (), ()
+        items = value if isinstance(value, list) else [value]
+        lines, batches = [], []
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                lines.append(item)
+            elif isinstance(item, str) and BATCH_REF_RE.fullmatch(item):
+                batches.append(item)
+            else:
+                self._error("after", "expected line numbers of this manifest or batch ids "
+                                     f"(6 to 32 letters and digits), got {_short(item)}")
+                return (), ()
+        if self.line in lines:
+            self._error("after", f"line {self.line} cannot wait for itself")
+        return tuple(dict.fromkeys(lines)), tuple(dict.fromkeys(batches))
 
     def _int_field(self, record: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
         value = record.get(name, default)
@@ -426,10 +497,12 @@ class _Line:
         kind, batch_key = self.kind, self.family.batch_key
         queue = self.catalog.queue(kind, self.model)
         priority, attempts, line, append = self.priority, self.attempts, self.line, specs.append
+        after, after_batches = self.after, self.after_batches
         for combo in itertools.product(*columns):
             params = clean.copy()
             params.update(zip(keys, combo, strict=True))
-            append(JobSpec(kind, params, batch_key(kind, params), queue, priority, attempts, line))
+            append(JobSpec(kind, params, batch_key(kind, params), queue, priority, attempts, line,
+                           (), after, after_batches))
         return True
 
     def _expand(self, specs: list[JobSpec], budget: int | None) -> None:
@@ -455,6 +528,7 @@ class _Line:
                              [(("source",), sp), *nested_attach], (("source", pos), *nested_refs)))
         queue, batch_key = self.catalog.queue(kind, self.model), self.family.batch_key
         strict, priority, attempts, line = self.strict, self.priority, self.attempts, self.line
+        after, after_batches = self.after, self.after_batches
         # pydantic's own validator and serializer, without model_validate's and model_dump's
         # Python wrappers: the same work, a microsecond less for each of 100,000 jobs
         validate = schema.__pydantic_validator__.validate_python
@@ -499,7 +573,7 @@ class _Line:
                         for parts, source_params in attach:
                             _own_parts(clean, parts)["params"] = source_params
                     append(JobSpec(kind, clean, batch_key(kind, clean), queue, priority,
-                                   attempts, line, job_refs))
+                                   attempts, line, job_refs, after, after_batches))
 
 
     def _report(self, exc: ValidationError, seen: set[tuple[str, str]]) -> None:

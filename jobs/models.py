@@ -83,6 +83,7 @@ class Job(Base):
         Index("ix_jobs_status_queue_rank", "status", "queue", "rank"),
         Index("ix_jobs_status_key_rank", "status", "batch_key", "rank"),
         Index("ix_jobs_fingerprint_status", "fingerprint", "status"),
+        Index("ix_jobs_batch_line_status", "batch_id", "line", "status"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
@@ -90,6 +91,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"))
     index: Mapped[int] = mapped_column(Integer)  # position in the expanded manifest
+    line: Mapped[int | None] = mapped_column(Integer)  # the manifest line it came from
     kind: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(64), server_default="")  # a name of the models file
     queue: Mapped[str] = mapped_column(String(128), server_default="")  # where its units travel
@@ -116,6 +118,8 @@ class Job(Base):
     # of the same project with the same fingerprint that succeeded is reused, not run again
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     reused_from: Mapped[str | None] = mapped_column(String(32))
+    # what a waiting job waits for: [{"batch": ID, "line": N}] (a line) or [{"batch": ID}]
+    waits_on: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # share of a long job (a video) finished so far, 0 to 1; 1 once it succeeded
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 

@@ -56,7 +56,19 @@ def resolve_sources(specs: list[JobSpec], session: Session, project: str, object
     errors: list[LineError] = []
     out: list[JobSpec] = []
     resolver = _Resolver(session, project, objects)
+    batches: dict[str, str | LineError] = {}
     for spec in specs:
+        if spec.after_batches:  # ids or prefixes of this project's batches, made whole
+            whole = []
+            for ident in spec.after_batches:
+                if ident not in batches:
+                    batches[ident] = _batch_id(session, project, ident, spec.line)
+                found = batches[ident]
+                if isinstance(found, LineError):
+                    errors.append(LineError(spec.line, found.field, found.message))
+                else:
+                    whole.append(found)
+            spec = dataclasses.replace(spec, after_batches=tuple(whole))
         family = catalog.family(spec.params["model"])
         schema = select_schema(family.kinds[spec.kind], spec.params)
         assert not isinstance(schema, str)  # validated already
@@ -83,6 +95,16 @@ def resolve_sources(specs: list[JobSpec], session: Session, project: str, object
     if errors:
         raise ManifestError(list(dict.fromkeys(errors)), source)
     return out
+
+
+def _batch_id(session: Session, project: str, ident: str, line: int) -> str | LineError:
+    from jobs.batches import resolve_batch
+    from jobs.errors import NotFound
+
+    try:
+        return resolve_batch(session, ident, project=project).id
+    except NotFound as exc:
+        return LineError(line, "after", f"{exc} in this project")
 
 
 class _Resolver:

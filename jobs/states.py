@@ -12,6 +12,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"  # finished with an error; out of attempts or a permanent error
     CANCELLED = "cancelled"  # withdrawn by the user before it finished
     PAUSED = "paused"  # held by the user (``genfarm pause``): not claimed until resumed
+    WAITING = "waiting"  # waits for other lines or batches (``after``) to succeed
 
 
 # Finished states: nothing moves a job out of them, except a user's explicit retry of a failure.
@@ -21,6 +22,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.PAUSED}),
     JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    # queued once every job it waits for succeeded; failed ("upstream failed") when one did not
+    JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
     ),

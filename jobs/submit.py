@@ -113,8 +113,13 @@ def submit(
             "model": params.get("model", ""), "queue": spec.queue, "params": params, "batch_key": spec.batch_key, "status": "queued",
             "priority": spec.priority, "rank": epoch - spec.priority * aging_s, "attempt": 0, "max_attempts": spec.max_attempts,
             "created_at": now, "device_seconds": 0.0, "started_at": None, "finished_at": None,
-            "progress": 0.0, "fingerprint": None, "reused_from": None,
+            "progress": 0.0, "fingerprint": None, "reused_from": None, "line": spec.line,
+            "waits_on": None,
         })
+        if spec.after or spec.after_batches:  # not published: released when they succeed
+            rows[-1]["status"] = "waiting"
+            rows[-1]["waits_on"] = ([{"batch": batch_id, "line": n} for n in spec.after]
+                                    + [{"batch": b} for b in spec.after_batches])
         triples.append((job_id, spec.queue, spec.batch_key))
     if catalog is not None and identity is not None:
         _fingerprint_rows(catalog, identity, specs, rows)
@@ -123,7 +128,7 @@ def submit(
         if catalog is not None and identity is not None and not force:
             reused = _reuse(session, project, rows, now)
         if catalog is not None:
-            _estimate_rows(session, catalog, [r for r in rows if r["status"] == "queued"])
+            _estimate_rows(session, catalog, [r for r in rows if not r["reused_from"]])
             check_budget(session, project, sum(r.get("estimate_seconds", 0.0) for r in rows))
         if session.scalar(select(Project.name).where(Project.name == project)) is None:
             session.add(Project(name=project, created_at=now))
@@ -139,7 +144,7 @@ def submit(
                  "attempt": 0, "reason": f"reused the outputs of job {r['reused_from']}"[:255],
                  "worker": None} for r in rows if r["reused_from"]])
     n_reused = sum(1 for r in rows if r["reused_from"])
-    triples = [t for t, r in zip(triples, rows, strict=True) if not r["reused_from"]]
+    triples = [t for t, r in zip(triples, rows, strict=True) if r["status"] == "queued"]
     units = len(make_units(triples, unit_size))
     try:
         publish_jobs(sessions, publish, triples, unit_size)

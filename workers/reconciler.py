@@ -44,6 +44,9 @@ class Reconciler:
         with self.sessions.begin() as session:
             back, dead = lifecycle.expire_leases(session)
         report.requeued, report.failed = len(back), len(dead)
+        with self.sessions.begin() as session:  # released jobs are published just below
+            _, upstream = lifecycle.release_waiting(session)
+        report.failed += upstream
         report.published = publish_due(
             self.sessions, self.publish, unit_size=self.settings.unit_size,
             republish_after_s=self.settings.republish_after_seconds)

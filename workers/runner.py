@@ -179,7 +179,19 @@ class Runtime:
             status = finalize_if_done(self.sessions, self.storage, batch_id)
             if status:
                 report.batches_finished.append(batch_id)
+        self._release_waiting()
         return report
+
+    def _release_waiting(self) -> None:
+        """Jobs waiting for what this unit finished start now, not at the next reconciler
+        pass; their batches close if they failed upstream."""
+        try:
+            with self.sessions.begin() as session:
+                released, failed = lifecycle.release_waiting(session)
+            if released and self.publish is not None:
+                publish_jobs(self.sessions, self.publish, released, self.settings.unit_size)
+        except Exception:  # noqa: BLE001 - the reconciler does it at its next pass
+            log.warning("could not release waiting jobs", exc_info=True)
 
     def _heartbeat(self, owner: str, stop: threading.Event) -> None:
         interval = max(0.5, self.settings.lease_seconds / 3)

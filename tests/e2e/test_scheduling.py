@@ -215,3 +215,34 @@ def test_a_rerun_reuses_every_output_with_no_worker_pass(
     assert forced.returncode == 0 and "reuse" not in forced.stderr, forced.stderr
     assert db.counts(forced.stdout.strip()) == {"queued": 48}
     db.close()
+
+
+def test_a_generate_edit_video_chain_across_two_submissions_with_a_failing_parent(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
+    env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri())
+    upgrade(pg_url)
+    db = Db(pg_url)
+    first = submit(env, tmp_path, generate(2, 0),
+                   {"kind": "edit", "op": "rerender", "source": {"line": 1}, "yaw": 30,
+                    "after": [1]})
+    second = submit(env, tmp_path,
+                    {"kind": "video", "mode": "orbit", "seed": 1, "frames": 8, "width": 64,
+                     "height": 64, "after": [first[:8]]},
+                    {"kind": "noop", "fail": "always", "max_attempts": 1},
+                    {"kind": "video", "mode": "orbit", "seed": 2, "frames": 8, "width": 64,
+                     "height": 64, "after": [2]})
+    shown = run_cli("status", second, env=env).stdout  # no worker yet: they wait
+    assert "waiting 2" in shown, shown
+    workers.start(env, *ONE)
+    db.wait(second, workers)
+    jobs = {j.line: j for j in db.jobs(second)}
+    assert db.counts(first) == {"succeeded": 4}
+    assert (jobs[1].status, jobs[2].status, jobs[3].status) == ("succeeded", "failed", "failed")
+    assert jobs[3].error == f"upstream failed: line 2 of batch {second} has 1 failed"
+    last_parent = max(j.finished_at for j in db.jobs(first))  # type: ignore[type-var]
+    assert jobs[1].started_at > last_parent  # type: ignore[operator]
+    edits = [j for j in db.jobs(first) if j.line == 2]
+    assert all(j.started_at > max(g.finished_at for g in db.jobs(first)  # type: ignore[operator]
+                                  if g.line == 1) for j in edits)
+    assert db.finished(second).status == "failed"  # type: ignore[union-attr]
+    db.close()

@@ -1,0 +1,143 @@
+"""Dependencies on SQLite and PostgreSQL: a line that waits (``after``) for other lines of its
+manifest or for whole batches sits in ``waiting`` until they succeed, then is queued and
+published; when one of them fails or is cancelled it fails "upstream failed". Wrong references
+and cycles are validation errors naming the line; a batch of another project is not found."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from jobs import lifecycle
+from jobs.errors import ManifestError
+from jobs.manifest import default_catalog, parse_manifest
+from jobs.models import Job, JobEvent
+from jobs.sources import resolve_sources
+from jobs.submit import WorkUnit, submit
+
+
+@pytest.fixture
+def sessions(db_url: str):  # type: ignore[no-untyped-def]
+    from jobs.db import make_engine, session_factory
+
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def send(sessions: Any, *lines: dict[str, Any], project: str = "acme"
+         ) -> tuple[str, list[WorkUnit]]:
+    catalog = default_catalog()
+    specs = parse_manifest("\n".join(json.dumps(line) for line in lines), catalog=catalog)
+    with sessions() as s:
+        specs = resolve_sources(specs, s, project, None, catalog)  # type: ignore[arg-type]
+    units: list[WorkUnit] = []
+    result = submit(sessions, project, specs, units.extend, unit_size=64, catalog=catalog)
+    return result.batch_id, units
+
+
+def by_line(sessions: Any, batch_id: str) -> dict[int, list[str]]:
+    with sessions() as s:
+        rows = s.execute(select(Job.line, Job.status).where(Job.batch_id == batch_id)
+                         .order_by(Job.index)).all()
+    out: dict[int, list[str]] = {}
+    for line, status in rows:
+        out.setdefault(line, []).append(status)
+    return out
+
+
+def finish(sessions: Any, ids: list[str], ok: bool = True) -> None:
+    with sessions.begin() as s:
+        claimed = lifecycle.claim(s, ids, "w:1", 60)
+        lifecycle.record(s, "w:1", [lifecycle.JobResult(c.id, [], 0.1) if ok else
+                                    lifecycle.JobResult(c.id, error="drill", retryable=True)
+                                    for c in claimed])
+
+
+NOOP = {"kind": "noop", "tag": {"range": [0, 3]}}
+
+
+def test_a_line_waits_for_the_lines_it_names_then_runs(sessions: Any) -> None:
+    batch, units = send(sessions, NOOP, {**NOOP, "after": [1]}, {**NOOP, "after": [1, 2]})
+    assert by_line(sessions, batch) == {1: ["queued"] * 3, 2: ["waiting"] * 3,
+                                        3: ["waiting"] * 3}
+    assert sum(len(u.job_ids) for u in units) == 3  # only line 1 is published
+    finish(sessions, units[0].job_ids[:2])
+    with sessions.begin() as s:
+        assert lifecycle.release_waiting(s) == ([], 0)  # one job of line 1 is still queued
+    finish(sessions, units[0].job_ids[2:])
+    with sessions.begin() as s:
+        released, failed = lifecycle.release_waiting(s)
+    assert failed == 0 and len(released) == 3  # line 2 only: line 3 also waits for line 2
+    assert by_line(sessions, batch)[2] == ["queued"] * 3
+    finish(sessions, [r[0] for r in released])
+    with sessions.begin() as s:
+        assert len(lifecycle.release_waiting(s)[0]) == 3
+    with sessions() as s:
+        reasons = set(s.scalars(select(JobEvent.reason).where(JobEvent.to_status == "queued")))
+    assert reasons == {"its parents succeeded"}
+
+
+def test_a_failed_parent_fails_its_dependents_upstream(sessions: Any) -> None:
+    batch, units = send(sessions, NOOP, {**NOOP, "after": [1]}, {"kind": "noop", "after": [2]})
+    finish(sessions, units[0].job_ids[:1], ok=False)  # a retryable error: requeued, pending
+    with sessions.begin() as s:
+        assert lifecycle.release_waiting(s) == ([], 0)
+    with sessions.begin() as s:
+        s.execute(Job.__table__.update().where(Job.id == units[0].job_ids[0])
+                  .values(status="failed"))  # ... until its attempts run out
+        released, failed = lifecycle.release_waiting(s)
+    assert (released, failed) == ([], 3)
+    with sessions() as s:
+        errors = set(s.scalars(select(Job.error).where(Job.batch_id == batch, Job.line == 2)))
+    assert errors == {f"upstream failed: line 1 of batch {batch} has 1 failed"}
+    with sessions.begin() as s:  # and so on down the chain
+        assert lifecycle.release_waiting(s) == ([], 1)
+    assert by_line(sessions, batch)[3] == ["failed"]
+
+
+def test_a_line_waits_for_whole_batches_of_its_project(sessions: Any) -> None:
+    first, units = send(sessions, NOOP)
+    second, none = send(sessions, {"kind": "noop", "after": [first[:8]]})
+    assert none == [] and by_line(sessions, second) == {1: ["waiting"]}
+    finish(sessions, units[0].job_ids)
+    with sessions.begin() as s:
+        assert len(lifecycle.release_waiting(s)[0]) == 1
+    with pytest.raises(ManifestError) as info:  # another project's batch does not exist here
+        send(sessions, {"kind": "noop", "after": [first]}, project="other")
+    [error] = info.value.errors
+    assert (error.line, error.field) == (1, "after") and "in this project" in error.message
+
+
+def test_cancel_takes_waiting_jobs_too(sessions: Any) -> None:
+    batch, _ = send(sessions, NOOP, {**NOOP, "after": [1]})
+    with sessions.begin() as s:
+        assert lifecycle.cancel(s, Job.batch_id == batch) == 6
+
+
+@pytest.mark.parametrize(("lines", "errors"), [
+    ([NOOP, {**NOOP, "after": [3]}], [(2, "line 3 is not a job line of this manifest")]),
+    ([{**NOOP, "after": [1]}], [(1, "line 1 cannot wait for itself")]),
+    ([{**NOOP, "after": [2]}, {**NOOP, "after": [1]}],
+     [(1, "waits for itself through lines 1 -> 2 -> 1"),
+      (2, "waits for itself through lines 1 -> 2 -> 1")]),
+    ([NOOP, {**NOOP, "after": ["not a batch"]}],
+     [(2, 'expected line numbers of this manifest or batch ids (6 to 32 letters and digits), '
+          'got "not a batch"')]),
+    ([{"kind": "noop", "seed": 1}, {**NOOP, "after": [1]}],
+     [(1, "unknown field; noop jobs of noop take model, payload_bytes, tag, fail, oom_above"),
+      (2, "line 1 has errors")]),
+])
+def test_wrong_references_and_cycles_name_their_lines(lines: list[Any],
+                                                      errors: list[tuple[int, str]]) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest("\n".join(json.dumps(line) for line in lines))
+    assert [(e.line, e.message) for e in info.value.errors] == errors
+
+
+def test_a_line_may_wait_for_a_later_one() -> None:
+    specs = parse_manifest("\n".join(json.dumps(x) for x in [{**NOOP, "after": [2]}, NOOP]))
+    assert {s.line: s.after for s in specs} == {1: (2,), 2: ()}
