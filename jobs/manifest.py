@@ -33,7 +33,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
 from jobs.kinds import COMMON_FIELDS
-from jobs.registry import GeneratedRef, Params, select_schema, storage_refs
+from jobs.registry import GeneratedRef, Params, SourceRef, select_schema, storage_refs
 
 MAX_JOBS = 100_000
 CHECK_JOBS = 1_000  # once a manifest has an error, each line is checked on this many more jobs
@@ -63,9 +63,14 @@ class JobSpec:
     after_batches: tuple[str, ...] = ()
 
 
+# a batch source {"batch": ID, "where": {...}} -> its succeeded jobs as [{"job": id}], or why not
+BatchSources = Callable[[str, Any], "list[dict[str, Any]] | str"]
+
+
 def parse_manifest(
     data: str | bytes, *, format: str = "jsonl", source: str = "manifest",
     default_max_attempts: int = 3, catalog: Catalog | None = None,
+    batches: BatchSources | None = None,
 ) -> list[JobSpec]:
     """Parse and validate a whole manifest; raise ManifestError naming every bad line."""
     if isinstance(data, bytes):
@@ -77,7 +82,7 @@ def parse_manifest(
         raise ManifestError([LineError(1, "", f"unknown format {format!r}; use jsonl or csv")], source)
     records = _jsonl_records(data) if format == "jsonl" else _csv_records(data)
     return validate_records(records, source=source, default_max_attempts=default_max_attempts,
-                            catalog=catalog)
+                            catalog=catalog, batches=batches)
 
 
 def format_for(path: str) -> str:
@@ -95,8 +100,10 @@ def default_catalog() -> Catalog:
 def validate_records(
     records: Iterable[tuple[int, Any, bool]], *, source: str = "manifest",
     default_max_attempts: int = 3, catalog: Catalog | None = None,
+    batches: BatchSources | None = None,
 ) -> list[JobSpec]:
-    """Validate (line, record, strict) triples; strict=False lets CSV text coerce to numbers."""
+    """Validate (line, record, strict) triples; strict=False lets CSV text coerce to numbers.
+    ``batches`` expands batch sources (submission has the database; plain parsing does not)."""
     catalog = catalog or default_catalog()
     errors: list[LineError] = []
     specs: list[JobSpec] = []
@@ -111,7 +118,7 @@ def validate_records(
             if isinstance(record, LineError):
                 errors.append(record)
                 continue
-            parsed = _Line(line, record, strict, default_max_attempts, catalog, lines)
+            parsed = _Line(line, record, strict, default_max_attempts, catalog, lines, batches)
             lines[line] = parsed
             total += parsed.size
             if total > MAX_JOBS:
@@ -289,8 +296,10 @@ class _Line:
     """One manifest line: checked, sized (before anything is expanded), then expanded."""
 
     def __init__(self, line: int, record: Any, strict: bool, default_max_attempts: int,
-                 catalog: Catalog, earlier: dict[int, _Line]) -> None:
+                 catalog: Catalog, earlier: dict[int, _Line],
+                 batches: BatchSources | None = None) -> None:
         self.line, self.strict, self.catalog, self.earlier = line, strict, catalog, earlier
+        self.batches = batches
         self.errors: list[LineError] = []
         self.size = 0  # the jobs this line would make, counted even when it has errors
         self.specs: list[JobSpec] = []
@@ -373,7 +382,10 @@ class _Line:
         self.axes: list[tuple[str, Sequence[Any]]] = []
         self.bad_keys: set[str] = set()
         for key, value in list(template.items()):
-            values = _sweep_values(value) if _sweepable(fields[key].annotation) else None
+            ref = _ref_type(schema, key)
+            values = (_sweep_values(value) if _sweepable(fields[key].annotation)
+                      else self._sources(value)
+                      if isinstance(ref, type) and issubclass(ref, SourceRef) else None)
             if isinstance(values, str):
                 self._error(key, values)
                 self.bad_keys.add(key)
@@ -389,6 +401,24 @@ class _Line:
             if path == "source":  # an edit of a line runs once per job of that line
                 size *= target.size
         self.size = size
+
+    def _sources(self, value: Any) -> list[Any] | str | None:
+        """A source field's sweep: a list of sources, or a batch's succeeded jobs
+        (``{"batch": ID, "where": {...}}``); None for one source."""
+        if isinstance(value, dict) and "batch" in value:
+            if set(value) - {"batch", "where"}:
+                return 'a batch source takes {"batch": ID} and optionally "where": {...}'
+            if self.batches is None:
+                return "a batch source is expanded against the database: submit it"
+            return self.batches(value["batch"], value.get("where"))
+        if not isinstance(value, list):
+            return None
+        if not value:
+            return "an empty list of sources sweeps over nothing"
+        if not all(isinstance(v, dict) and "line" not in v and "batch" not in v for v in value):
+            return ('a list of sources holds {"job": ID} and {"key": ...} objects (for every job '
+                    'of a line give {"line": N} alone)')
+        return value
 
     def _after(self, value: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """``after``: a line number or batch id, or a list of them; checked against the whole

@@ -166,3 +166,46 @@ class _Resolver:
                 return f"{key!r} is not an audio file (WAV, MP3, Ogg, FLAC or M4A)"
         found["key"] = full
         return None
+
+
+def batch_sources(sessions: Any, project: str) -> Any:
+    """What a batch source of ``project`` stands for: ``{"batch": ID, "where": {...}}`` is one
+    job source per succeeded job of that finished batch (in its order) whose params (or kind)
+    match every ``where`` entry (a value, or a list of accepted values)."""
+    from jobs.batches import resolve_batch
+    from jobs.errors import NotFound
+    from jobs.manifest import MAX_JOBS
+
+    def expand(ident: Any, where: Any) -> list[dict[str, Any]] | str:
+        if not isinstance(ident, str):
+            return "batch: expected a batch id or a prefix of 6+ characters"
+        if where is not None and not isinstance(where, dict):
+            return "where: expected an object of param: value (or [values])"
+        with sessions() as session:
+            try:
+                batch = resolve_batch(session, ident, project=project)
+            except NotFound as exc:
+                return f"{exc} in this project"
+            if batch.finished_at is None:
+                return (f"batch {batch.id} has not finished: a batch source takes the succeeded "
+                        "jobs of a finished batch (submit this once it has)")
+            rows = session.execute(
+                select(Job.id, Job.kind, Job.params)
+                .where(Job.batch_id == batch.id, Job.status == "succeeded")
+                .order_by(Job.index).limit(MAX_JOBS + 1)).all()
+        picked = [{"job": job_id} for job_id, kind, params in rows
+                  if _matches(kind, params, where or {})]
+        if not picked:
+            return (f"batch {batch.id} has no succeeded job"
+                    + (" matching where" if where else ""))
+        return picked
+
+    return expand
+
+
+def _matches(kind: str, params: dict[str, Any], where: dict[str, Any]) -> bool:
+    for name, wanted in where.items():
+        have = kind if name == "kind" else params.get(name)
+        if not (have in wanted if isinstance(wanted, list) else have == wanted):
+            return False
+    return True

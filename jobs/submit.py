@@ -202,16 +202,24 @@ class Submitter:
     aging_s: float = 30.0  # GENFARM_PRIORITY_AGING_SECONDS
     identity: Callable[[str], Mapping[str, Any]] | None = None  # see jobs.reuse.model_identity
 
-    def parse(self, data: str | bytes, *, format: str = "jsonl",
-              source: str = "manifest") -> list[JobSpec]:
+    def parse(self, data: str | bytes, *, format: str = "jsonl", source: str = "manifest",
+              project: str | None = None) -> list[JobSpec]:
+        """Validate a manifest; with ``project``, batch sources expand to its batches' jobs."""
         return parse_manifest(data, format=format, source=source,
-                              default_max_attempts=self.default_max_attempts, catalog=self.catalog)
+                              default_max_attempts=self.default_max_attempts, catalog=self.catalog,
+                              batches=self._batches(project))
 
-    def validate(self, jobs: Sequence[Any], *, source: str = "jobs") -> list[JobSpec]:
+    def validate(self, jobs: Sequence[Any], *, source: str = "jobs",
+                 project: str | None = None) -> list[JobSpec]:
         """JSON objects (the API's body) as manifest lines 1, 2, ..."""
         return validate_records(((i, job, True) for i, job in enumerate(jobs, 1)), source=source,
                                 default_max_attempts=self.default_max_attempts,
-                                catalog=self.catalog)
+                                catalog=self.catalog, batches=self._batches(project))
+
+    def _batches(self, project: str | None) -> Any:
+        from jobs.sources import batch_sources
+
+        return None if project is None else batch_sources(self.sessions, check_project(project))
 
     def resolve(self, project: str, specs: list[JobSpec], source: str) -> list[JobSpec]:
         """Check and fill in sources given by job id or storage key, inside ``project``."""
@@ -239,7 +247,8 @@ class Submitter:
     def submit_manifest(self, project: str, data: str | bytes, *, format: str = "jsonl",
                         source: str = "manifest", force: bool = False) -> SubmitResult:
         check_project(project)
-        return self.submit(project, self.parse(data, format=format, source=source),
+        return self.submit(project, self.parse(data, format=format, source=source,
+                                               project=project),
                            source=source, force=force)
 
 

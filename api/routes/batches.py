@@ -68,7 +68,7 @@ def submit_body(farm: Farm, project: str, body: bytes, ctype: str,
         return farm.submitter.submit_manifest(project, body, format="jsonl", source="upload.jsonl",
                                               force=force)
     payload = read_json_body(body)
-    specs = farm.submitter.validate(payload.jobs, source="jobs")
+    specs = farm.submitter.validate(payload.jobs, source="jobs", project=project)
     return farm.submitter.submit(project, specs, source=payload.source, force=force)
 
 

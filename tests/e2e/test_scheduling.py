@@ -245,4 +245,12 @@ def test_a_generate_edit_video_chain_across_two_submissions_with_a_failing_paren
     assert all(j.started_at > max(g.finished_at for g in db.jobs(first)  # type: ignore[operator]
                                   if g.line == 1) for j in edits)
     assert db.finished(second).status == "failed"  # type: ignore[union-attr]
+    # a batch source with a filter: the succeeded generate job of seed 1, re-rendered
+    third = submit(env, tmp_path, {"kind": "edit", "op": "rerender", "yaw": 90, "source": {
+        "batch": first, "where": {"kind": "generate", "seed": 1}}})
+    db.wait(third, workers)
+    [edit] = db.jobs(third)
+    [seed1] = [j for j in db.jobs(first) if j.kind == "generate" and j.params["seed"] == 1]
+    assert edit.status == "succeeded" and edit.params["source"]["job"] == seed1.id
+    assert [o.name for o in db.outputs(third)] == ["image.png"]
     db.close()

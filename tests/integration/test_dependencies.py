@@ -6,17 +6,20 @@ and cycles are validation errors naming the line; a batch of another project is 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from jobs import lifecycle
+from jobs.batches import finalize_if_done
 from jobs.errors import ManifestError
 from jobs.manifest import default_catalog, parse_manifest
 from jobs.models import Job, JobEvent
 from jobs.sources import resolve_sources
-from jobs.submit import WorkUnit, submit
+from jobs.submit import Submitter, WorkUnit, submit
+from storage import open_storage
 
 
 @pytest.fixture
@@ -141,3 +144,82 @@ def test_wrong_references_and_cycles_name_their_lines(lines: list[Any],
 def test_a_line_may_wait_for_a_later_one() -> None:
     specs = parse_manifest("\n".join(json.dumps(x) for x in [{**NOOP, "after": [2]}, NOOP]))
     assert {s.line: s.after for s in specs} == {1: (2,), 2: ()}
+
+
+# -- sources that sweep: a list of sources, or a whole batch -----------------------------------
+GENERATE = {"kind": "generate", "seed": {"range": [0, 6]}, "width": 32, "height": 32}
+
+
+def run_batch(sessions: Any, tmp_path: Path, *lines: dict[str, Any],
+              project: str = "acme") -> tuple[str, list[str]]:
+    """A batch whose jobs all succeeded and which is finished: (its id, its job ids)."""
+    batch, units = send(sessions, *lines, project=project)
+    ids = [j for u in units for j in u.job_ids]
+    finish(sessions, ids)
+    assert finalize_if_done(sessions, open_storage(tmp_path.as_uri()), batch) == "succeeded"
+    with sessions() as s:
+        return batch, list(s.scalars(select(Job.id).where(Job.batch_id == batch)
+                                     .order_by(Job.index)))
+
+
+def through_submitter(sessions: Any, *lines: dict[str, Any], project: str = "acme") -> list[Any]:
+    """Validated and resolved as submission does it (batch sources need the database)."""
+    submitter = Submitter(sessions, lambda units: None, default_catalog(), objects=lambda: None)
+    text = "\n".join(json.dumps(line) for line in lines)
+    return submitter.resolve(project, submitter.parse(text, project=project), "manifest")
+
+
+def test_a_list_of_sources_sweeps_over_them(sessions: Any, tmp_path: Path) -> None:
+    _, ids = run_batch(sessions, tmp_path, GENERATE)
+    specs = through_submitter(sessions, {"kind": "edit", "op": "latent", "strength": [1.0, 2.0],
+                                         "source": [{"job": ids[0]}, {"job": ids[4]}]})
+    assert [(s.params["source"]["job"], s.params["strength"]) for s in specs] == [
+        (ids[0], 1.0), (ids[4], 1.0), (ids[0], 2.0), (ids[4], 2.0)]
+    assert [s.params["source"]["params"]["seed"] for s in specs] == [0, 4, 0, 4]
+
+
+def test_a_batch_source_is_its_succeeded_jobs_filtered(sessions: Any, tmp_path: Path) -> None:
+    batch, ids = run_batch(sessions, tmp_path, GENERATE)
+    specs = through_submitter(sessions, {"kind": "edit", "op": "rerender", "yaw": 45,
+                                         "source": {"batch": batch[:8],
+                                                    "where": {"seed": [1, 3]}}})
+    assert [s.params["source"]["job"] for s in specs] == [ids[1], ids[3]]
+    assert all(s.params["width"] == 32 for s in specs)  # the size comes from each source
+    every = through_submitter(sessions, {"kind": "edit", "op": "rerender",
+                                         "source": {"batch": batch}})
+    assert len(every) == 6
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"batch": "ffffffffff"}, "no batch 'ffffffffff' in this project"),
+    ({"batch": "BATCH", "where": {"seed": 99}}, "has no succeeded job matching where"),
+    ({"batch": "BATCH", "where": 3}, "where: expected an object of param: value (or [values])"),
+    ({"batch": "BATCH", "extra": 1}, 'a batch source takes {"batch": ID} and optionally'),
+    ([{"line": 1}], "a list of sources holds"),
+    ([], "an empty list of sources sweeps over nothing"),
+])
+def test_a_wrong_batch_or_source_list_names_its_line(sessions: Any, tmp_path: Path,
+                                                     source: Any, message: str) -> None:
+    batch, _ = run_batch(sessions, tmp_path, GENERATE)
+    if isinstance(source, dict) and source.get("batch") == "BATCH":
+        source = {**source, "batch": batch}
+    with pytest.raises(ManifestError) as info:
+        through_submitter(sessions, GENERATE, {"kind": "edit", "op": "rerender", "source": source})
+    [error] = info.value.errors
+    assert (error.line, error.field) == (2, "source") and message in error.message, error
+
+
+def test_a_batch_source_waits_for_nothing_and_sees_only_its_project(sessions: Any,
+                                                                    tmp_path: Path) -> None:
+    running, _ = send(sessions, GENERATE)
+    with pytest.raises(ManifestError) as info:
+        through_submitter(sessions, {"kind": "edit", "op": "rerender",
+                                     "source": {"batch": running}})
+    assert "has not finished" in info.value.errors[0].message
+    theirs, _ = run_batch(sessions, tmp_path, GENERATE, project="other")
+    with pytest.raises(ManifestError) as info:
+        through_submitter(sessions, {"kind": "edit", "op": "rerender", "source": {"batch": theirs}})
+    assert "in this project" in info.value.errors[0].message
+    with pytest.raises(ManifestError) as info:  # plain parsing has no database
+        parse_manifest(json.dumps({"kind": "edit", "op": "rerender", "source": {"batch": theirs}}))
+    assert "expanded against the database" in info.value.errors[0].message
