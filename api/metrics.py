@@ -72,6 +72,11 @@ class FarmCollector(Collector):
             yield queue
 
 
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists of one queue: priority 0 under its own name, 1..9 as ``queue:N``."""
+    return [queue] + [f"{queue}:{p}" for p in range(1, 10)]
+
+
 def queue_depths(settings: Settings, catalog: Catalog) -> dict[str, int] | None:
     """Messages waiting in each of the farm's queues, where the broker can tell (Redis)."""
     url = settings.resolved_broker_url()
@@ -80,8 +85,9 @@ def queue_depths(settings: Settings, catalog: Catalog) -> dict[str, int] | None:
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return {q: int(client.llen(q)) for q in catalog.queues()}
+    try:  # a queue is a list per message priority (see workers.app.broker_options)
+        return {q: sum(int(client.llen(key)) for key in priority_lists(q))
+                for q in catalog.queues()}
     except redis.RedisError as exc:  # the other figures still count; /healthz tells the rest
         log.warning("queue depths unavailable: %s", exc)
         return None

@@ -321,7 +321,7 @@ def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
 
 
 def release_waiting(session: Session, limit: int = 10_000, now: datetime | None = None
-                    ) -> tuple[list[tuple[str, str, str]], int]:
+                    ) -> tuple[list[tuple[str, str, str, int]], int]:
     """Waiting jobs whose parents all succeeded go to the queue; those with a parent that
     failed or was cancelled fail ("upstream failed"). Returns the released jobs as (id, queue,
     batch_key), to publish, and how many failed. Cheap when nothing waits."""
@@ -348,14 +348,14 @@ def release_waiting(session: Session, limit: int = 10_000, now: datetime | None 
                                                 Job.status == JobStatus.WAITING)
                      .values(status=JobStatus.QUEUED, published_at=None),
                      JobStatus.WAITING, JobStatus.QUEUED, "its parents succeeded", None, now,
-                     Job.queue, Job.batch_key) if ready else []
+                     Job.queue, Job.batch_key, Job.priority) if ready else []
     failed_n = 0
     for why, ids in upstream.items():
         failed_n += len(_move(session, update(Job).where(Job.id.in_(ids),
                                                          Job.status == JobStatus.WAITING)
                               .values(status=JobStatus.FAILED, finished_at=now, error=why),
                               JobStatus.WAITING, JobStatus.FAILED, "upstream failed", None, now))
-    return [(r[0], r[2], r[3]) for r in released], failed_n
+    return [(r[0], r[2], r[3], r[4]) for r in released], failed_n
 
 
 def _group_verdict(session: Session, group: dict[str, Any]) -> str | None:
@@ -385,15 +385,15 @@ def pause(session: Session, job_filter: Any, now: datetime | None = None) -> int
 
 
 def resume(session: Session, job_filter: Any, now: datetime | None = None
-           ) -> list[tuple[str, str, str]]:
+           ) -> list[tuple[str, str, str, int]]:
     """paused -> queued for the jobs ``job_filter`` selects; returns them as (id, queue,
     batch_key), to publish."""
     now = now or utcnow()
     rows = _move(session, update(Job).where(job_filter, Job.status == JobStatus.PAUSED)
                  .values(status=JobStatus.QUEUED, published_at=None),
                  JobStatus.PAUSED, JobStatus.QUEUED, "resumed by user", None, now,
-                 Job.queue, Job.batch_key)
-    return [(r[0], r[2], r[3]) for r in rows]
+                 Job.queue, Job.batch_key, Job.priority)
+    return [(r[0], r[2], r[3], r[4]) for r in rows]
 
 
 def retry_failed(session: Session, job_filter: Any, extra_attempts: int,
@@ -420,12 +420,13 @@ def release_owned(session: Session, owner_prefix: str, reason: str,
 
 
 def due_unpublished(session: Session, republish_after_s: float, limit: int,
-                    now: datetime | None = None) -> list[tuple[str, str, str]]:
-    """Queued jobs that need a (new) message: (id, queue, batch_key), never published or long unclaimed."""
+                    now: datetime | None = None) -> list[tuple[str, str, str, int]]:
+    """Queued jobs that need a (new) message: (id, queue, batch_key, priority), never published
+    or long unclaimed."""
     now = now or utcnow()
     stale = now - timedelta(seconds=republish_after_s)
     stmt = (
-        select(Job.id, Job.queue, Job.batch_key)
+        select(Job.id, Job.queue, Job.batch_key, Job.priority)
         .where(Job.status == JobStatus.QUEUED, _due(now),
                or_(Job.published_at.is_(None), Job.published_at < stale))
         .order_by(Job.rank, Job.index)

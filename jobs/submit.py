@@ -32,6 +32,7 @@ class WorkUnit:
     queue: str
     batch_key: str
     job_ids: list[str]
+    priority: int = 0  # the best priority among its jobs: the broker's order across queues
 
 
 Publisher = Callable[[Sequence[WorkUnit]], None]
@@ -53,15 +54,20 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def make_units(jobs: Sequence[tuple[str, str, str]], unit_size: int) -> list[WorkUnit]:
-    """Group (id, queue, batch_key) triples by queue and batch key, in order, ``unit_size`` ids a unit."""
+def make_units(jobs: Sequence[tuple[Any, ...]], unit_size: int) -> list[WorkUnit]:
+    """Group (id, queue, batch_key[, priority]) jobs by queue and batch key, in order,
+    ``unit_size`` ids a unit; a unit's priority is its best job's."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for job_id, queue, key in jobs:
+    best: dict[tuple[str, str], list[int]] = {}
+    for job_id, queue, key, *rest in jobs:
         groups.setdefault((queue, key), []).append(job_id)
+        best.setdefault((queue, key), []).append(int(rest[0]) if rest else 0)
     units = []
     for (queue, key), ids in groups.items():
+        priorities = best[queue, key]
         for i in range(0, len(ids), unit_size):
-            units.append(WorkUnit(queue, key, ids[i : i + unit_size]))
+            units.append(WorkUnit(queue, key, ids[i : i + unit_size],
+                                  max(priorities[i : i + unit_size])))
     return units
 
 
@@ -100,7 +106,7 @@ def submit(
     now = utcnow()
     epoch = now.timestamp()
     rows: list[dict[str, Any]] = []
-    triples: list[tuple[str, str, str]] = []
+    triples: list[tuple[str, str, str, int]] = []
     ids = [new_id() for _ in specs]
     for index, (job_id, spec) in enumerate(zip(ids, specs, strict=True)):
         params = spec.params
@@ -120,7 +126,7 @@ def submit(
             rows[-1]["status"] = "waiting"
             rows[-1]["waits_on"] = ([{"batch": batch_id, "line": n} for n in spec.after]
                                     + [{"batch": b} for b in spec.after_batches])
-        triples.append((job_id, spec.queue, spec.batch_key))
+        triples.append((job_id, spec.queue, spec.batch_key, spec.priority))
     if catalog is not None and identity is not None:
         _fingerprint_rows(catalog, identity, specs, rows)
     reused: list[dict[str, Any]] = []
@@ -278,8 +284,8 @@ class _Lazy:
 
 
 def publish_jobs(sessions: sessionmaker[Session], publish: Publisher,
-                 jobs: Sequence[tuple[str, str, str]], unit_size: int) -> None:
-    """Publish (id, queue, batch_key) jobs as work units, then mark them published."""
+                 jobs: Sequence[tuple[Any, ...]], unit_size: int) -> None:
+    """Publish (id, queue, batch_key[, priority]) jobs as work units, then mark them published."""
     publish(make_units(jobs, unit_size))
     with sessions.begin() as session:
         mark_published(session, [j[0] for j in jobs])

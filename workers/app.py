@@ -42,9 +42,16 @@ def broker_options(settings: Settings) -> dict[str, Any]:
                 "processed_folder": str(folder / "processed"), "store_processed": False,
                 "control_folder": str(folder / "control")}
     if url.startswith(("redis", "rediss")):
-        # The database lease decides who owns a job; redelivery after this is harmless.
-        return {"visibility_timeout": 3600}
+        # The database lease decides who owns a job; redelivery after this is harmless. Ten
+        # priority lists per queue, taken highest first across all of a worker's queues.
+        return {"visibility_timeout": 3600, "priority_steps": list(range(10)), "sep": ":"}
     return {}
+
+
+def _queue_arguments(settings: Settings) -> dict[str, Any] | None:
+    """RabbitMQ honours message priorities only on queues declared with a maximum."""
+    url = settings.resolved_broker_url()
+    return {"x-max-priority": 9} if url.startswith(("amqp", "pyamqp")) else None
 
 
 def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
@@ -59,7 +66,8 @@ def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
         worker_send_task_events=True, task_send_sent_event=True,  # for Flower
         broker_connection_retry_on_startup=True, broker_connection_max_retries=None,
         # one queue per model (and one for its long jobs): Flower lists each, by model
-        task_queues=[Queue(name) for name in queues], task_default_queue=queues[0],
+        task_queues=[Queue(name, queue_arguments=_queue_arguments(settings))
+                     for name in queues], task_default_queue=queues[0],
         task_create_missing_queues=True,
         broker_transport_options=broker_options(settings),
         worker_hijack_root_logger=False,
@@ -134,10 +142,19 @@ def publisher(app: Celery):  # type: ignore[no-untyped-def]
         with app.producer_or_acquire() as producer:
             for unit in units:
                 app.send_task(RUN_UNIT, args=[unit.job_ids, unit.batch_key, unit.queue],
-                              queue=unit.queue,
+                              queue=unit.queue, priority=message_priority(app, unit.priority),
                               producer=producer)
 
     return publish
+
+
+def message_priority(app: Celery, priority: int) -> int:
+    """A job priority (-1000..1000) as a message priority (0..9): 0 comes first on Redis,
+    9 on RabbitMQ. The database orders jobs within a queue (any unit's message runs the best
+    work of its queue); this orders a worker's queues, for a worker serving several models."""
+    level = round((max(-1000, min(1000, priority)) + 1000) * 9 / 2000)
+    url = str(app.conf.broker_url or "")
+    return 9 - level if url.startswith(("redis", "rediss")) else level
 
 
 class ReconcilerStep(bootsteps.StartStopStep):

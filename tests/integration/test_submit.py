@@ -83,7 +83,10 @@ def test_jobs_travel_as_work_units_grouped_by_batch_key(
     out = json.loads(result.stdout)
     assert out["job_count"] == 80 and out["units"] == 4 and out["published"]
     client = redis.Redis.from_url(redis_url)
-    messages = [json.loads(m) for m in client.lrange("aether", 0, -1)]  # a queue per model
+    from api.metrics import priority_lists
+
+    messages = [json.loads(m) for key in priority_lists("aether")  # a queue per model, a list
+                for m in client.lrange(key, 0, -1)]                 # per message priority
     assert len(messages) == 4  # 80 jobs, 4 messages: not one per job
     units = []
     for m in messages:

@@ -1,0 +1,71 @@
+"""Message priorities on real brokers: a worker serving several models takes the message of
+the higher-priority unit first, whichever queue it is on (within a queue the database's claim
+order decides, see test_scheduling). Redis here; RabbitMQ where one runs on localhost."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Consumer
+
+from jobs.settings import Settings
+from jobs.submit import WorkUnit
+from workers.app import make_app, message_priority, publisher
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def first_delivered(settings: Settings, units: list[WorkUnit]) -> list[str]:
+    app = make_app(settings)
+    publisher(app)(units)
+    got: list[Any] = []
+    queues = [q for q in app.conf.task_queues if q.name in ("noop", "aether")]
+    def take(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    with (app.connection_for_read() as conn,
+          Consumer(conn, queues=queues, callbacks=[take], accept=["json"], prefetch_count=1)):
+        while len(got) < len(units):
+            conn.drain_events(timeout=10)
+    return [body[0][0][0] for body in got]  # the first job id of each unit, in delivery order
+
+
+def units() -> list[WorkUnit]:
+    return [WorkUnit("noop", "noop:noop", ["low-1"], -100),
+            WorkUnit("noop", "noop:noop", ["low-2"], -100),
+            WorkUnit("aether", "generate:aether:64x64", ["high"], 500),
+            WorkUnit("noop", "noop:noop", ["lowest"], -1000)]
+
+
+def test_on_redis_the_higher_priority_unit_is_delivered_first(redis_url: str,
+                                                             tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, broker_url=redis_url, data_dir=tmp_path)
+    assert first_delivered(settings, units()) == ["high", "low-1", "low-2", "lowest"]
+
+
+def test_on_rabbitmq_the_higher_priority_unit_is_delivered_first(tmp_path: Path) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on localhost:5672 (Redis is the production broker)")
+    settings = Settings(_env_file=None, broker_url=RABBITMQ_URL, data_dir=tmp_path)
+    app = make_app(settings)
+    with app.connection_for_write() as conn:  # queues of an earlier run would hold messages
+        for queue in app.conf.task_queues:
+            queue.bind(conn.default_channel).declare()
+            queue.bind(conn.default_channel).purge()
+    assert first_delivered(settings, units()) == ["high", "low-1", "low-2", "lowest"]
+
+
+@pytest.mark.parametrize(("url", "priority", "expected"), [
+    ("redis://x", 1000, 0), ("redis://x", -1000, 9), ("redis://x", 0, 5),
+    ("amqp://x", 1000, 9), ("amqp://x", -1000, 0), ("amqp://x", 500, 7),
+])
+def test_job_priorities_map_onto_message_priorities(url: str, priority: int,
+                                                    expected: int, tmp_path: Path) -> None:
+    app = make_app(Settings(_env_file=None, broker_url=url, data_dir=tmp_path))
+    assert message_priority(app, priority) == expected
