@@ -18,7 +18,7 @@ from workers.families.aether.network import (
     weights_sha256,
 )
 from workers.families.aether.scenes import BACKGROUND, SHAPES, render_sdf, scene_of
-from workers.families.aether.train import TrainConfig, batch, styles, train
+from workers.families.aether.train import TrainConfig, batch, save, styles, train
 from workers.families.aether.weights import REFERENCE_DIR, TRAINED, load_model, shipped_checkpoint
 
 
@@ -81,3 +81,5 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     cfg = TrainConfig(profile="tiny", steps=3, batch=2, size=16, march_steps=8, seed=5)
     a, b = train(cfg, log=lambda line: None), train(cfg, log=lambda line: None)
     assert weights_sha256(a) == weights_sha256(b)
+    # the files too: safetensors alone writes its metadata in a different order each run
+    assert save(a, cfg, tmp_path / "a.safetensors") == save(b, cfg, tmp_path / "b.safetensors")

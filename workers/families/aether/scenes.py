@@ -116,42 +116,66 @@ def _sdf(scene: Scene, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dist, h
 
 
+def _take(scene: Scene, rows: torch.Tensor) -> Scene:
+    """The scenes of ``rows`` (one per ray): lets rays of many scenes march as one flat list."""
+    return Scene(**{f: getattr(scene, f)[rows] for f in Scene.__dataclass_fields__})
+
+
 def render_sdf(scene: Scene, cam: Camera, res: int, steps: int = 48,
                supersample: int = 2) -> torch.Tensor:
     """Images (B, 3, res, res) in [-1, 1] of ``scene`` from ``cam``: sphere tracing, Lambert and
-    Blinn-Phong shading with a world-fixed light, antialiased by supersampling."""
+    Blinn-Phong shading with a world-fixed light, antialiased by supersampling.
+
+    Only rays that meet the bounding sphere march, as one flat list; a ray stops once it has
+    left the sphere (nothing lies beyond) or reached the surface, so most of the work goes to
+    the few rays still searching."""
     b, hi = scene.size.shape[0], res * supersample
     origins, dirs = camera_rays(cam, hi)
     origins, dirs = origins.to(scene.size.dtype), dirs.to(scene.size.dtype)
     # start at the bounding sphere: |o + t d| = BOUND
     od = (origins * dirs).sum(-1)
     disc = od * od - (origins.square().sum(-1) - BOUND**2)
-    inside = disc > 0
-    t = (-od - disc.clamp(min=0).sqrt()).clamp(min=0)
-    far = -od + disc.clamp(min=0).sqrt()
-    for _ in range(steps):
-        d, _ = _sdf(scene, origins + dirs * t[..., None])
-        t = t + 0.9 * d.clamp(min=-0.02)
-    x = origins + dirs * t[..., None]
-    d, mix = _sdf(scene, x)
-    hit = inside & (d.abs() < 4e-3) & (t < far)
+    batch, ray = (disc > 0).nonzero(as_tuple=True)
+    o, d = origins[batch, ray][:, None, :], dirs[batch, ray][:, None, :]  # (M, 1, 3)
+    root = disc[batch, ray].sqrt()
+    t = (-od[batch, ray] - root).clamp(min=0)[:, None]  # (M, 1)
+    far = (-od[batch, ray] + root)[:, None]
+    ray_scene = _take(scene, batch)
+    live = torch.arange(batch.shape[0])
+    lo, ld, lt, lfar, lscene = o, d, t.clone(), far, ray_scene  # the rays still marching
+    for i in range(steps):
+        dist, _ = _sdf(lscene, lo + ld * lt[..., None])
+        lt = lt + 0.9 * dist.clamp(min=-0.02)
+        if i % 4 == 3 or i == steps - 1:  # retire rays that left the sphere or sit on the surface
+            t[live] = lt
+            keep = ((lt < lfar) & (dist.abs() > 1e-5))[:, 0]
+            if not bool(keep.all()):
+                live, lo, ld, lt, lfar = live[keep], lo[keep], ld[keep], lt[keep], lfar[keep]
+                lscene = _take(lscene, keep)
+            if live.numel() == 0:
+                break
+    x = o + d * t[..., None]
+    dist, _ = _sdf(ray_scene, x)
+    hit = ((dist.abs() < 4e-3) & (t < far))[:, 0]
+    rows, x, d, ray_scene = batch[hit], x[hit], d[hit], _take(ray_scene, hit.nonzero()[:, 0])
+    _, mix = _sdf(ray_scene, x)
     eps = 1e-3
     offsets = torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=x.dtype) * eps
-    normal = sum(o * _sdf(scene, x + o)[0][..., None] for o in offsets)
+    normal = sum(off * _sdf(ray_scene, x + off)[0][..., None] for off in offsets)
     normal = normal / (normal.norm(dim=-1, keepdim=True) + 1e-9)
     light = torch.tensor(LIGHT, dtype=x.dtype)
     light = light / light.norm()
     diffuse = (normal * light).sum(-1).clamp(min=0)
     fill = 0.5 + 0.5 * normal[..., 1]  # sky light from above, so shadowed sides keep some form
-    half = light - dirs
+    half = light - d
     half = half / half.norm(dim=-1, keepdim=True)
     spec = (normal * half).sum(-1).clamp(min=0) ** 24
-    color = (mix[..., None] * scene.color[:, None, :]
-             + (1 - mix[..., None]) * scene.moon_color[:, None, :])
+    color = (mix[..., None] * ray_scene.color[:, None, :]
+             + (1 - mix[..., None]) * ray_scene.moon_color[:, None, :])
     shade = 0.22 + 0.18 * fill + 0.7 * diffuse
-    lit = color * shade[..., None] + scene.specular[:, None, None] * spec[..., None]
-    rgb = torch.where(hit[..., None], lit.clamp(0, 1) * 2 - 1,
-                      torch.full_like(lit, BACKGROUND))
+    lit = color * shade[..., None] + ray_scene.specular[:, None, None] * spec[..., None]
+    rgb = torch.full((b, hi * hi, 3), BACKGROUND, dtype=x.dtype)
+    rgb[rows, ray[hit]] = lit[:, 0].clamp(0, 1) * 2 - 1
     image = rgb.permute(0, 2, 1).reshape(b, 3, hi, hi)
     return torch.nn.functional.avg_pool2d(image, supersample) if supersample > 1 else image
 

@@ -113,20 +113,35 @@ def load_model(entry: ModelEntry, settings: Settings, device: str,
         return loaded
 
 
+def save_checkpoint(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> str:
+    """Write ``state`` as safetensors with its header's keys sorted; returns the file's sha256.
+    safetensors writes metadata in hash-map order, which differs between runs: sorting makes
+    the same weights and metadata the same bytes (reproducible training, stable digests)."""
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(state, metadata=metadata)
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":"))
+    encoded = header.encode() + b" " * (-len(header.encode()) % 8)  # data stays 8-byte aligned
+    data = struct.pack("<Q", len(encoded)) + encoded + raw[8 + size :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def export_checkpoint(entry: ModelEntry, profile: str, path: Path,
                       settings: Settings | None = None) -> str:
     """Write the model's weights (its checkpoint's, the shipped reference ones, or the seeded
     ones) as safetensors; returns the file's sha256."""
-    from safetensors.torch import save_file
-
     cfg = settings or Settings()
     entry = ModelEntry(entry.name, entry.family, entry.weights, entry.sha256,
                        {**entry.options, "profile": profile})
     module = load_model(entry, cfg, "cpu", torch.float32).module
     state = {k: v.detach().cpu().float().contiguous() for k, v in module.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"model": entry.name, "profile": profile})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return save_checkpoint(state, path, {"model": entry.name, "profile": profile})
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
