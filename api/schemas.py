@@ -107,3 +107,28 @@ class Health(BaseModel):
     ok: bool
     checks: dict[str, str] | None = Field(
         None, description="Each check's outcome: only for the admin token (errors may name hosts).")
+
+
+class JobSummary(BaseModel):
+    """One job in a batch's listing: its state, not its params or outputs (GET /v1/jobs/{id})."""
+
+    id: str
+    index: int = Field(description="Position in the batch's expanded manifest, from 0.")
+    kind: str
+    model: str
+    status: str
+    attempt: int
+    max_attempts: int
+    error: str | None
+    device_seconds: float
+    reused_from: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    total: int
+    limit: int
+    offset: int

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cli.io import MAX_MANIFEST_BYTES, ByteSize, human_bytes, printable, read_manifest
+from cli.io import MAX_MANIFEST_BYTES, ByteSize, Refused, human_bytes, printable, read_manifest
 from cli.options import GenfarmGroup, friendly_errors, redact, settings_options
 from jobs.settings import Settings
 
@@ -145,14 +145,14 @@ def submit(settings: Settings, manifest: str, project: str, fmt: str | None, wai
         from cli.usage import print_estimate
 
         specs = submitter.resolve(project, submitter.parse(
-            data, format=fmt or format_for(manifest), source=source), source)
+            data, format=fmt or format_for(manifest), source=source, project=project), source)
         print_estimate(settings, submitter, project, specs, n_workers, as_json, force)
         return
     result = submitter.submit_manifest(project, data, format=fmt or format_for(manifest),
                                        source=source, force=force)
     sessions = submitter.sessions
     if as_json and not wait:
-        click.echo(json.dumps(result.__dict__))
+        click.echo(json.dumps({"id": result.batch_id, **result.__dict__}))  # batch_id: older scripts
     elif not as_json:
         click.echo(result.batch_id)
         reused = (f"; {result.reused} reuse the outputs of identical jobs that succeeded "
@@ -196,19 +196,31 @@ def wait_for_batch(sessions: Any, batch_id: str, poll_s: float = 0.5) -> dict[st
 @click.option("--project", "-p", default=None, help="Only this project's batches.")
 @click.option("--failed", "show_failed", is_flag=True, help="List failed jobs with their errors.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wait", is_flag=True, help="Show progress until BATCH has finished (as `submit "
+              "--wait` does), then its status; exit 0 if it succeeded, else 1.")
 @settings_options
 @friendly_errors
 def status(settings: Settings, batch: str | None, project: str | None, show_failed: bool,
-           as_json: bool) -> None:
-    """Counts per state for BATCH (an id or a prefix of 6+ characters), or recent batches."""
+           as_json: bool, wait: bool) -> None:
+    """Counts per state for BATCH (an id or a prefix of 6+ characters), or recent batches.
+    Given a job's id, shows that job (as `genfarm job` does)."""
     from sqlalchemy import select
 
-    from jobs.batches import list_batches, resolve_batch, summarize
+    from cli.jobview import batch_or_job, show_job
+    from jobs.batches import list_batches, summarize
     from jobs.db import make_engine, session_factory
     from jobs.models import Job
     from jobs.presence import unserved
 
+    if wait and batch is None:
+        raise Refused("--wait needs a BATCH (see 'genfarm status --help')")
     sessions = session_factory(make_engine(settings.resolved_database_url()))
+    if wait:
+        assert batch is not None
+        with sessions() as session:
+            target = batch_or_job(session, batch, project)
+        if not isinstance(target, Job):
+            wait_for_batch(sessions, target.id)
     with sessions() as session:
         if batch is None:
             rows = [summarize(session, b).as_dict() for b in list_batches(session, project)]
@@ -221,7 +233,10 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
                 click.echo(printable(f"{r['id']}  {r['project']:<12} {r['status']:<10} "
                                      f"{r['done']}/{r['jobs']} done  {r['source']}"))
             return
-        b = resolve_batch(session, batch, project)
+        b = batch_or_job(session, batch, project)
+        if isinstance(b, Job):
+            show_job(session, b, as_json)
+            return
         summary = summarize(session, b).as_dict()
         failures = session.execute(
             select(Job.id, Job.index, Job.error).where(Job.batch_id == b.id, Job.status == "failed")
@@ -231,6 +246,8 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
         summary["failures"] = [{"job_id": j, "index": i, "error": e} for j, i, e in failures]
         summary["unserved_models"] = waiting
         click.echo(json.dumps(summary, indent=2))
+        if wait:
+            sys.exit(0 if summary["status"] == "succeeded" else 1)
         return
     click.echo(printable(f"batch     {summary['id']}  ({summary['project']}, {summary['source']})"))
     click.echo(f"status    {summary['status']}   {summary['done']}/{summary['jobs']} done "
@@ -244,6 +261,8 @@ def status(settings: Settings, batch: str | None, project: str | None, show_fail
                              f"worker serves it (start one: genfarm worker --models {model})"))
     for job_id, index, error in failures:
         click.echo(printable(f"failed    #{index} {job_id}: {error}"))
+    if wait:
+        sys.exit(0 if summary["status"] == "succeeded" else 1)
 
 
 # -- pull ---------------------------------------------------------------------------------
@@ -307,9 +326,11 @@ def reconcile(settings: Settings, loop: bool) -> None:
         time.sleep(settings.reconcile_interval)
 
 
+from cli import jobview as _jobview  # noqa: E402
 from cli import manage as _manage  # noqa: E402
 from cli import models as _models  # noqa: E402
 from cli import serve as _serve  # noqa: E402
+from cli import sheet as _sheet  # noqa: E402
 from cli import usage as _usage  # noqa: E402
 from cli import worker as _worker  # noqa: E402
 
@@ -317,6 +338,8 @@ _worker.register(cli)
 _models.register(cli)
 _manage.register(cli)
 _usage.register(cli)
+_sheet.register(cli)
+_jobview.register(cli)
 _serve.register(cli)
 
 

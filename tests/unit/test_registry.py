@@ -38,11 +38,15 @@ def docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
+MEDIA_TYPE = re.compile(r"(application|audio|image|text|video)/[a-z0-9.+%-]*")
+
+
 def hard_coded(path: Path, names: dict[str, set[Path]]) -> list[str]:
     """Every string in ``path``'s code that holds one of ``names`` as a word, whole
     (``"video"``) or composed (``"aether.long"``, an f-string's ``f"{x}-noop"``), unless ``path``
     is one of that name's own modules. Prose is not code: docstrings, and the help texts and
-    messages that explain genfarm in words (strings with a space), may name the built-ins."""
+    messages that explain genfarm in words (strings with a space), may name the built-ins; and
+    a media type (``video/mp4``, ``video/%``) names a format, not a kind."""
     tree = ast.parse(path.read_text(), str(path))
     skip = docstrings(tree)
     words = {name: re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])")
@@ -50,7 +54,7 @@ def hard_coded(path: Path, names: dict[str, set[Path]]) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
-                and not re.search(r"\s", node.value)):
+                and not re.search(r"\s", node.value) and not MEDIA_TYPE.fullmatch(node.value)):
             for name, word in words.items():
                 if path not in names[name] and word.search(node.value):
                     where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
