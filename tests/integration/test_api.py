@@ -342,3 +342,26 @@ def test_usage_and_a_budget_refusal(farm: dict[str, Any]) -> None:
     assert other["jobs"] == 0 and other["budget"] is None  # each project sees its own
     assert c.get("/v1/usage?since=2999-01-01", headers=a).json()["jobs"] == 0
     assert c.get("/v1/usage").status_code == 401
+
+
+def test_the_batch_view_shows_waiting_and_reused_jobs(farm: dict[str, Any]) -> None:
+    c, a = farm["client"], auth(farm["a"])
+    jobs = [{"kind": "noop", "tag": 1}, {"kind": "noop", "tag": 2, "after": [1]}]
+    batch = c.post("/v1/batches", json={"jobs": jobs}, headers=a).json()["batch_id"]
+    view = c.get(f"/v1/batches/{batch}", headers=a).json()
+    assert view["counts"]["waiting"] == 1 and view["counts"]["queued"] == 1
+    with farm["app"].state.sessions.begin() as s:  # as a worker records them
+        from jobs import lifecycle
+
+        ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch)))
+        s.execute(Job.__table__.update().where(Job.id.in_(ids)).values(status="queued"))
+        claimed = lifecycle.claim(s, ids, "w:1", 60)
+        lifecycle.record(s, "w:1", [lifecycle.JobResult(j.id, [], 0.01) for j in claimed])
+    again = c.post("/v1/batches", json={"jobs": jobs}, headers=a).json()
+    assert again["reused"] == 2
+    view = c.get(f"/v1/batches/{again['batch_id']}", headers=a).json()
+    assert view["reused"] == 2 and view["counts"]["succeeded"] == 2
+    job = c.get(f"/v1/jobs/{ids[0]}", headers=a).json()
+    assert job["reused_from"] is None
+    forced = c.post("/v1/batches?force=true", json={"jobs": jobs}, headers=a).json()
+    assert forced["reused"] == 0
