@@ -21,15 +21,19 @@ def batch_or_job(session: Session, ident: str, project: str | None = None) -> Ba
     """The batch ``ident`` names (an id or a 6+ character prefix), else the job it names: a
     batch's prefix keeps meaning that batch even where some job's id starts the same way."""
     from jobs.batches import resolve_batch, resolve_id
-    from jobs.errors import NotFound
+    from jobs.errors import AmbiguousId, NotFound
     from jobs.models import Job
 
     try:
         return resolve_batch(session, ident, project)
+    except AmbiguousId:
+        raise  # a prefix of several batches: say so, not "no batch"
     except NotFound:
         pass
     try:
         return resolve_id(session, ident, (Job,), project)
+    except AmbiguousId:
+        raise
     except NotFound:
         raise NotFound(f"no batch or job {ident!r}") from None
 

@@ -38,6 +38,7 @@ from storage.errors import StorageUnavailable
 from workers.family import Artifact, Family, JobContext, JobFailed
 
 log = logging.getLogger("genfarm.worker")
+IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for throughput figures)
 
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
 
@@ -107,6 +108,7 @@ class Runtime:
         self._device: str | None = None
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
         self.warm: set[str] = set()  # batch keys that have had a pass in this process
+        self._last_pass: float | None = None  # when the last forward pass ended
 
     @property
     def device(self) -> str:
@@ -207,7 +209,7 @@ class Runtime:
         for job in claimed:
             by_key.setdefault(job.batch_key, []).append(job)
         projects = self._projects({j.batch_id for j in claimed})
-        pending: list[tuple[list[ClaimedJob], list[Any], float]] = []
+        pending: list[tuple[list[ClaimedJob], list[Any], float, bool]] = []
         for key, jobs in by_key.items():
             done = 0
             while done < len(jobs):
@@ -227,7 +229,7 @@ class Runtime:
             self._finish(owner, *pending.pop(0), report)
 
     def _run_pass(self, owner: str, key: str, chunk: list[ClaimedJob], projects: dict[str, str],
-                  pending: list[tuple[list[ClaimedJob], list[Any], float]],
+                  pending: list[tuple[list[ClaimedJob], list[Any], float, bool]],
                   report: UnitReport) -> None:
         """One forward pass. A pass that fails is split in halves and each half retried, so a
         poison job ends up failing alone; out of memory also lowers the size that fits."""
@@ -244,8 +246,12 @@ class Runtime:
             return
         try:
             t0 = time.perf_counter()
+            # a pass after the worker sat idle (or its first) wakes threads and caches: its
+            # time is real, but no guide to the steady rate that estimates need
+            steady = self._last_pass is not None and t0 - self._last_pass < IDLE_S
             results = fam.run([self._context(owner, j, projects[j.batch_id]) for j in chunk])
-            share = (time.perf_counter() - t0) / len(chunk)
+            self._last_pass = time.perf_counter()
+            share = (self._last_pass - t0) / len(chunk)
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:  # noqa: BLE001 - isolated below, recorded per job in the end
@@ -277,7 +283,7 @@ class Runtime:
             return
         futures = [[self.uploads.submit(self._upload, projects[j.batch_id], j, art)
                     for art in arts] for j, arts in done]
-        pending.append(([j for j, _ in done], futures, share))
+        pending.append(([j for j, _ in done], futures, share, steady))
 
     def _context(self, owner: str, job: ClaimedJob, project: str) -> JobContext:
         """What a family may know and do about one job (long jobs store partial work)."""
@@ -308,7 +314,7 @@ class Runtime:
         return OutputRecord(art.name, stored.key, stored.sha256, stored.bytes, stored.content_type)
 
     def _finish(self, owner: str, chunk: list[ClaimedJob], futures: list[list[Future[OutputRecord]]],
-                share: float, report: UnitReport) -> None:
+                share: float, steady: bool, report: UnitReport) -> None:
         results = []
         for job, outs in zip(chunk, futures, strict=True):
             try:
@@ -317,8 +323,8 @@ class Runtime:
                 results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
                                          device_seconds=share))
         first = chunk[0]
-        if first.batch_key not in self.warm:  # a key's first pass pays one-time costs (caches,
-            self.warm.add(first.batch_key)    # allocations): real, but no guide to the next
+        if first.batch_key not in self.warm or not steady:  # a key's first pass pays one-time
+            self.warm.add(first.batch_key)                  # costs (caches, allocations)
             self._record(owner, results, report)
             return
         spec = self.catalog.family(first.model) if first.model in self.catalog.models else None

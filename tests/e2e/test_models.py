@@ -164,7 +164,9 @@ def test_aether_and_diffusers_jobs_each_run_on_the_worker_that_serves_their_mode
         assert batch.status == "succeeded", workers.logs()
         # with both workers running, the same mix again: each job still goes to its model's
         # worker, none to the other (both are idle and free to take anything they consume)
-        both = run_cli("submit", str(manifest), "--project", "studio", "--json", env=env)
+        # (--force: identical jobs would otherwise reuse the first batch's outputs)
+        both = run_cli("submit", str(manifest), "--project", "studio", "--json", "--force",
+                       env=env)
         assert both.returncode == 0, both.stderr
         both_id = json.loads(both.stdout)["batch_id"]
         assert db.wait(both_id, workers).status == "succeeded", workers.logs()
