@@ -152,15 +152,25 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
 
 def claim_next(session: Session, queue: str, limit: int, owner: str, lease_seconds: float,
                now: datetime | None = None) -> list[ClaimedJob]:
-    """Claim up to ``limit`` of the best-ranked queued jobs of ``queue`` that share the batch
-    key of its best one, whichever batch they are in: a work unit's message stands for a unit's
-    worth of work on its queue, not for its own ids. So a higher-priority job starts at the
-    next unit, and a unit whose own jobs were cancelled or claimed runs others instead."""
+    """Claim up to ``limit`` of the best-ranked queued jobs of ``queue``, whichever batch they
+    are in, a batch key at a time (the best job's first, so they share passes): a work unit's
+    message stands for a unit's worth of work on its queue, not for its own ids. So a
+    higher-priority job starts at the next unit, a unit whose own jobs were cancelled or claimed
+    runs others instead, and every message takes its whole worth while work is left (the
+    messages of a queue always add up to its jobs)."""
     now = now or utcnow()
-    best = session.scalar(
-        select(Job.batch_key).where(Job.status == JobStatus.QUEUED, Job.queue == queue, _due(now))
-        .order_by(Job.rank, Job.index).limit(1))
-    return [] if best is None else fill(session, best, limit, owner, lease_seconds, now)
+    claimed: list[ClaimedJob] = []
+    done: list[str] = []  # keys taken to the last job
+    while len(claimed) < limit:
+        best = session.scalar(
+            select(Job.batch_key).where(Job.status == JobStatus.QUEUED, Job.queue == queue,
+                                        Job.batch_key.notin_(done), _due(now))
+            .order_by(Job.rank, Job.index).limit(1))
+        if best is None:
+            break
+        claimed += fill(session, best, limit - len(claimed), owner, lease_seconds, now)
+        done.append(best)
+    return claimed
 
 
 def _due(now: datetime) -> Any:

@@ -131,3 +131,27 @@ def test_cancel_takes_paused_jobs_too(sessions: Any, tmp_path: Path) -> None:
     with sessions.begin() as s:
         assert lifecycle.cancel(s, Job.batch_id == paused) == 3
     assert finalize_if_done(sessions, store, paused) == "cancelled"
+
+
+def test_every_message_takes_its_whole_worth_across_batch_keys(sessions: Any) -> None:
+    """Messages of a queue add up to its jobs: one that finds its best key short takes the
+    next key's jobs too, so no job waits for a republish, whatever order messages come in."""
+    specs = parse_manifest("\n".join(json.dumps(line) for line in [
+        {"kind": "noop", "tag": {"range": [0, 100]}},
+        {"kind": "generate", "seed": {"range": [0, 28]}, "width": 64, "height": 64},
+        {"kind": "generate", "seed": {"range": [0, 40]}, "width": 32, "height": 32}]))
+    units: list[WorkUnit] = []
+    submit(sessions, "acme", specs, units.extend, unit_size=64)
+    generate = sorted((u for u in units if u.queue == "aether"), key=lambda u: len(u.job_ids))
+    assert [len(u.job_ids) for u in generate] == [28, 40]
+    # the 40-job message comes first: the best key (64x64) has only 28, so it takes 12 of
+    # the next; the 28-job message then takes the last 28
+    taken = [claim_unit(sessions, unit) for unit in reversed(generate)]
+    assert [len(t) for t in taken] == [40, 28]
+    assert Counter(j.batch_key for j in taken[0]) == {"generate:aether:64x64": 28,
+                                                      "generate:aether:32x32": 12}
+    assert Counter(j.batch_key for j in taken[1]) == {"generate:aether:32x32": 28}
+    noop = [u for u in units if u.queue == "noop"]
+    assert sum(len(claim_unit(sessions, u)) for u in reversed(noop)) == 100
+    with sessions() as s:
+        assert s.scalar(select(Job.id).where(Job.status == "queued")) is None
