@@ -89,14 +89,7 @@ def budget() -> None:
 def budget_set(settings: Settings, project: str, seconds: float) -> None:
     """Give PROJECT a budget of SECONDS device-seconds, counting the jobs submitted from now
     (finished ones at what they took, the rest at their estimate)."""
-    from jobs.budgets import set_budget
-    from jobs.db import make_engine, session_factory
-    from jobs.submit import check_project
-
-    check_project(project)
-    sessions = session_factory(make_engine(settings.resolved_database_url()))
-    with sessions.begin() as session:
-        set_budget(session, project, seconds)
+    _set_budget(settings, project, seconds)
     click.echo(f"project {project}: budget {seconds:.1f} device-seconds from now")
 
 
@@ -106,6 +99,11 @@ def budget_set(settings: Settings, project: str, seconds: float) -> None:
 @friendly_errors
 def budget_clear(settings: Settings, project: str) -> None:
     """Remove PROJECT's budget."""
+    _set_budget(settings, project, None)
+    click.echo(f"project {project}: no budget")
+
+
+def _set_budget(settings: Settings, project: str, seconds: float | None) -> None:
     from jobs.budgets import set_budget
     from jobs.db import make_engine, session_factory
     from jobs.submit import check_project
@@ -113,8 +111,7 @@ def budget_clear(settings: Settings, project: str) -> None:
     check_project(project)
     sessions = session_factory(make_engine(settings.resolved_database_url()))
     with sessions.begin() as session:
-        set_budget(session, project, None)
-    click.echo(f"project {project}: no budget")
+        set_budget(session, project, seconds)
 
 
 @click.command("usage")
