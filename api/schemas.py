@@ -15,7 +15,13 @@ class BatchRequest(BaseModel):
 
     # items are checked one by one by the manifest validator, so each bad one is named
     jobs: list[Any] = Field(description="Job lines (objects), e.g. {\"kind\": \"generate\", \"seed\": 7}.")
-    source: str = Field("api", max_length=255, description="A label for the batch.")
+    source: str = Field("api", max_length=255, description="Where the batch came from (a file "
+                        "name, a tool).")
+    name: str = Field("", max_length=128, description="The batch's name (e.g. 'sh010 lookdev').")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels to filter by, e.g. "
+                                   "{\"shot\": \"010\", \"artist\": \"mia\"}.")
+    webhook_url: str | None = Field(None, max_length=2048, description="POST a signed summary "
+                                    "here when the batch finishes (else the project's URL).")
 
 
 class LineProblem(BaseModel):
@@ -35,7 +41,8 @@ class Problem(BaseModel):
 
 
 class BatchCreated(BaseModel):
-    batch_id: str
+    id: str = Field(description="The batch's id (as in GET /v1/batches/{id}).")
+    batch_id: str = Field(description="The same id, under its older name.")
     job_count: int
     units: int
     published: bool
@@ -57,6 +64,9 @@ class BatchView(BaseModel):
     manifest_key: str | None
     reused: int = Field(0, description="Succeeded jobs that reused the outputs of an identical "
                         "earlier job of the project (no device time).")
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    started_at: datetime | None = Field(None, description="When its first job started.")
     unserved_models: dict[str, int] | None = Field(
         None, description="Queued jobs per model that no running worker serves (they wait for "
         "one to start); given for one batch, not in listings.")

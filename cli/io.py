@@ -100,3 +100,14 @@ def _read_capped(stream: IO[bytes], name: str, limit: int) -> bytes:
 def _too_large(name: str, limit: int) -> Refused:
     return Refused(f"{name}: manifest larger than the {human_bytes(limit)} limit "
                    "(--max-bytes raises it); nothing was submitted")
+
+
+def human_duration(seconds: float) -> str:
+    """12 s, 14 min, 3.1 h, 2.5 d."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, P
 
 from cli.io import Failure, Refused, printable
 from jobs.errors import BudgetExceeded, GenfarmError, ManifestError
+from jobs.labels import InvalidMeta
 from jobs.settings import Settings
 
 
@@ -167,7 +168,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def explain(exc: Exception, settings: Settings | None) -> Failure | None:
     """The one line (and exit status) for a failure the user can fix, or None for a bug."""
-    if isinstance(exc, BudgetExceeded):
+    if isinstance(exc, BudgetExceeded | InvalidMeta):
         return Refused(str(exc))
     if isinstance(exc, GenfarmError):
         return Failure(str(exc))

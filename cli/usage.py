@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.io import Refused, printable
+from cli.io import Refused, human_duration, printable
 from cli.options import friendly_errors, settings_options
 from jobs.settings import Settings
 
@@ -59,20 +59,12 @@ def print_estimate(settings: Settings, submitter: Any, project: str, specs: list
         click.echo(f"reused    {reused} jobs identical to succeeded ones take their outputs "
                    "(0 device-seconds; --force runs them)")
     click.echo(f"total     {found.jobs} jobs to run, {found.device_seconds:.1f} device-seconds; about "
-               f"{_duration(found.wall_seconds)} on {found.workers} worker(s)")
+               f"{human_duration(found.wall_seconds)} on {found.workers} worker(s)")
     if found.unknown:
         click.echo(printable(f"not estimated: {', '.join(found.unknown)} (no run yet)"))
     if left is not None:
         verdict = "fits" if found.device_seconds <= left else "does NOT fit: it would be refused"
         click.echo(f"budget    {max(0.0, left):.1f} device-seconds left; this {verdict}")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @click.group()
@@ -118,19 +110,25 @@ def _set_budget(settings: Settings, project: str, seconds: float | None) -> None
 @click.option("--project", "-p", default=None, help="Only this project.")
 @click.option("--since", default=None, metavar="DATE",
               help="Only jobs submitted since DATE (ISO 8601: 2026-12-01 or 2026-12-01T18:00).")
+@click.option("--name", default=None, help="Only batches of this name.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Only batches carrying this label; repeat for several (all must match): "
+              "what shot 010 cost is `--label shot=010`.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @settings_options
 @friendly_errors
 def usage_command(settings: Settings, project: str | None, since: str | None,
-                  as_json: bool) -> None:
+                  name: str | None, labels: tuple[str, ...], as_json: bool) -> None:
     """Device seconds spent per project, jobs that reused earlier outputs, and budgets."""
     from jobs.budgets import usage
     from jobs.db import make_engine, session_factory
+    from jobs.labels import parse_labels
 
     start = parse_since(since) if since else None
+    wanted = parse_labels(labels)
     sessions = session_factory(make_engine(settings.resolved_database_url()))
     with sessions() as session:
-        rows = usage(session, project, start)
+        rows = usage(session, project, start, name=name, labels=wanted)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

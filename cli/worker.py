@@ -121,7 +121,8 @@ def demo(settings: Settings, project: str) -> None:
 
     def watch() -> None:
         try:
-            summary.update(wait_for_batch(sessions, result.batch_id))
+            summary.update(wait_for_batch(sessions, result.batch_id,
+                                          every_s=settings.progress_seconds))
         finally:
             worker.stop(in_sighandler=False)
 

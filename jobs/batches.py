@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.errors import AmbiguousId, NotFound
+from jobs.labels import labels_of, where_batch
 from jobs.lifecycle import count_by_status
 from jobs.models import Batch, Job, Output, utcnow
 from jobs.states import TERMINAL, BatchStatus, JobStatus
@@ -34,6 +36,18 @@ class BatchSummary:
     manifest_key: str | None
     running_progress: float = 0.0  # summed progress of the running jobs
     reused: int = 0  # succeeded jobs that took an identical earlier job's outputs
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    started_at: datetime | None = None  # when its first job started
+
+    def age_seconds(self, now: datetime) -> float:
+        return max(0.0, (now - self.created_at).total_seconds())
+
+    def elapsed_seconds(self, now: datetime) -> float:
+        """From its first job's start to its end (or now): 0 while nothing started."""
+        if self.started_at is None:
+            return 0.0
+        return max(0.0, ((self.finished_at or now) - self.started_at).total_seconds())
 
     @property
     def done(self) -> int:
@@ -54,6 +68,8 @@ class BatchSummary:
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "manifest_key": self.manifest_key, "reused": self.reused,
+            "name": self.name, "labels": dict(self.labels),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
         }
 
 
@@ -110,8 +126,9 @@ def _visible(model: type[Batch | Job], project: str | None) -> Any:
 
 
 def summarize(session: Session, batch: Batch) -> BatchSummary:
-    seconds = session.scalar(
-        select(func.coalesce(func.sum(Job.device_seconds), 0.0)).where(Job.batch_id == batch.id))
+    seconds, started = session.execute(
+        select(func.coalesce(func.sum(Job.device_seconds), 0.0), func.min(Job.started_at))
+        .where(Job.batch_id == batch.id)).one()
     running = session.scalar(select(func.coalesce(func.sum(Job.progress), 0.0)).where(
         Job.batch_id == batch.id, Job.status == JobStatus.RUNNING))
     counts = count_by_status(session, batch.id)
@@ -125,11 +142,24 @@ def summarize(session: Session, batch: Batch) -> BatchSummary:
     return BatchSummary(batch.id, batch.project, status, batch.source, batch.job_count,
                         counts, float(seconds or 0.0),
                         batch.created_at, batch.finished_at, batch.manifest_key,
-                        float(running or 0.0), int(reused or 0))
+                        float(running or 0.0), int(reused or 0), batch.name,
+                        labels_of(session, [batch.id])[batch.id], _utc(started))
 
 
-def list_batches(session: Session, project: str | None = None, limit: int = 20) -> list[Batch]:
-    stmt = select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+def _utc(value: datetime | None) -> datetime | None:
+    """An aggregate's datetime: SQLite returns it naive (or as text), PostgreSQL aware."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def list_batches(session: Session, project: str | None = None, limit: int = 20, *,
+                 name: str | None = None, labels: Mapping[str, str] | None = None
+                 ) -> list[Batch]:
+    """The newest batches (of a project; of this name; carrying all these labels)."""
+    stmt = where_batch(select(Batch), name, labels).order_by(Batch.created_at.desc()).limit(limit)
     if project is not None:
         stmt = stmt.where(Batch.project == project)
     return list(session.scalars(stmt))
@@ -190,6 +220,10 @@ def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str
             .values(status=status, finished_at=utcnow(), manifest_key=key)
             .execution_options(synchronize_session=False)
         ).rowcount
+        if changed:  # this call finished it: one webhook delivery, in the same transaction
+            from jobs.webhooks import enqueue_finished  # (jobs.webhooks imports this module)
+
+            enqueue_finished(session, session.get_one(Batch, batch_id))
     return status.value if changed else None
 
 

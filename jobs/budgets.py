@@ -4,6 +4,7 @@ submission is refused before it would overrun (``BudgetExceeded``). Torch-free."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import BudgetExceeded
+from jobs.labels import where_batch
 from jobs.models import Batch, Budget, Job, Project, utcnow
 from jobs.states import JobStatus
 
@@ -52,10 +54,12 @@ def set_budget(session: Session, project: str, seconds: float | None,
         budget.device_seconds, budget.set_at = seconds, now or utcnow()
 
 
-def usage(session: Session, project: str | None = None, since: datetime | None = None
+def usage(session: Session, project: str | None = None, since: datetime | None = None, *,
+          name: str | None = None, labels: Mapping[str, str] | None = None
           ) -> list[dict[str, Any]]:
     """Per project: jobs and device seconds spent since ``since`` (finished jobs), jobs that
-    reused an earlier output, and the budget with what it has left."""
+    reused an earlier output, and the budget with what it has left; of the batches of this
+    ``name`` and carrying all these ``labels`` when given (the budget is the project's)."""
     finished = Job.finished_at.is_not(None)
     stmt = (select(Batch.project, func.count(Job.id),
                    func.coalesce(func.sum(case((finished, Job.device_seconds), else_=0.0)), 0.0),
@@ -67,10 +71,12 @@ def usage(session: Session, project: str | None = None, since: datetime | None =
         stmt = stmt.where(Batch.project == project)
     if since is not None:
         stmt = stmt.where(Job.created_at >= since)
+    stmt = where_batch(stmt, name, labels)
     rows = {p: (int(n), float(s or 0.0), int(ok or 0), int(r or 0))
             for p, n, s, ok, r in session.execute(stmt)}
     budgets = {b.project: b for b in session.scalars(select(Budget))}
-    names = sorted(set(rows) | ({project} if project else set(budgets)))
+    filtered = bool(name or labels)  # then only the projects with such batches
+    names = sorted(set(rows) | ({project} if project else set() if filtered else set(budgets)))
     out = []
     for name in names:
         jobs, spent, succeeded, reused = rows.get(name, (0, 0.0, 0, 0))

@@ -430,13 +430,13 @@ def release_owned(session: Session, owner_prefix: str, reason: str,
 
 
 def due_unpublished(session: Session, republish_after_s: float, limit: int,
-                    now: datetime | None = None) -> list[tuple[str, str, str, int]]:
-    """Queued jobs that need a (new) message: (id, queue, batch_key, priority), never published
-    or long unclaimed."""
+                    now: datetime | None = None) -> list[tuple[str, str, str, int, str]]:
+    """Queued jobs that need a (new) message: (id, queue, batch_key, priority, batch_id), never
+    published or long unclaimed."""
     now = now or utcnow()
     stale = now - timedelta(seconds=republish_after_s)
     stmt = (
-        select(Job.id, Job.queue, Job.batch_key, Job.priority)
+        select(Job.id, Job.queue, Job.batch_key, Job.priority, Job.batch_id)
         .where(Job.status == JobStatus.QUEUED, _due(now),
                or_(Job.published_at.is_(None), Job.published_at < stale))
         .order_by(Job.rank, Job.index)

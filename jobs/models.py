@@ -64,6 +64,7 @@ class Project(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_project_name", "project", "name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
@@ -73,6 +74,20 @@ class Batch(Base):
     manifest_key: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+    name: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # notified when the batch finishes (else the project's default URL, if it has one)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+
+
+class BatchLabel(Base):
+    """A label of a batch (``--label shot=010``): what status, usage and listings filter by."""
+
+    __tablename__ = "batch_labels"
+    __table_args__ = (Index("ix_batch_labels_key_value", "key", "value"),)
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
 
 
 class Job(Base):
@@ -197,3 +212,50 @@ class Budget(Base):
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
     device_seconds: Mapped[float] = mapped_column(Float)
     set_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProjectWebhook(Base):
+    """A project's webhook secret (HMAC-SHA256 key of every delivery's signature) and the URL
+    its batches notify when they name none. The secret is kept as given: signing needs it."""
+
+    __tablename__ = "project_webhooks"
+
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One notification to send (a batch finished): made in the transaction that finishes
+    the batch, sent by whichever worker leases it, retried with backoff."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    lease_until: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: when, the receiver's status code or the error, how long."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)

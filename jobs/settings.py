@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         "it waits, so low priority is never starved: a job at -100 goes before a new one at 500 "
         "once it has waited 600 points' worth (5 h at 30 s).")
     reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    progress_seconds: float = Field(
+        10.0, gt=0, description="`--wait` off a terminal (piped, CI): at most one progress line "
+        "this often, and only when the counts changed.")
     unit_time_limit: float = Field(
         3600.0, ge=0, description="Seconds a work unit may run (0: no limit); its jobs then retry.")
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest API request body.")
@@ -67,6 +70,21 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(
         10.0, gt=0, le=300, description="Seconds to wait for a PostgreSQL connection before "
         "giving up (the API then answers 503).")
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Seconds a webhook attempt may take in all (connect, send, "
+        "the receiver's status line); a slower receiver counts as a failed attempt.")
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts per webhook delivery before it is marked failed.")
+    webhook_backoff_seconds: float = Field(
+        10.0, gt=0, description="Wait before a webhook's first retry; each next wait is three "
+        "times longer (10 s, 30 s, 90 s ...), at most webhook_backoff_max_seconds.")
+    webhook_backoff_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two attempts of a webhook delivery.")
+    webhook_interval_seconds: float = Field(
+        5.0, gt=0, description="How often each worker looks for webhook deliveries that are due.")
+    webhook_threads: int = Field(
+        4, ge=1, le=64, description="Webhook deliveries a worker sends at once (each in its own "
+        "thread, so a slow receiver holds up only its own).")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(None, description="Flower basic-auth password (required).")
     models_file: Path | None = Field(

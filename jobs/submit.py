@@ -18,9 +18,10 @@ from jobs.batches import reopen
 from jobs.budgets import check_budget
 from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
+from jobs.labels import BatchMeta, label_rows
 from jobs.lifecycle import due_unpublished, insert_rows, mark_published
 from jobs.manifest import JobSpec, own_path, parse_manifest, validate_records
-from jobs.models import Batch, Job, JobEvent, Output, Project, utcnow
+from jobs.models import Batch, BatchLabel, Job, JobEvent, Output, Project, utcnow
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -33,6 +34,18 @@ class WorkUnit:
     batch_key: str
     job_ids: list[str]
     priority: int = 0  # the best priority among its jobs: the broker's order across queues
+    batches: tuple[str, ...] = ()  # the batches its jobs came from, where known
+
+    @property
+    def title(self) -> str:
+        """What the unit carries, as Flower and `celery inspect` show it in place of the task's
+        name: ``generate:aether:128x128 [64 jobs, batch 3f2a9c81]``."""
+        jobs = f"{len(self.job_ids)} job{'s' if len(self.job_ids) != 1 else ''}"
+        if len(self.batches) == 1:
+            return f"{self.batch_key} [{jobs}, batch {self.batches[0][:8]}]"
+        if self.batches:
+            return f"{self.batch_key} [{jobs}, {len(self.batches)} batches]"
+        return f"{self.batch_key} [{jobs}]"
 
 
 Publisher = Callable[[Sequence[WorkUnit]], None]
@@ -55,19 +68,18 @@ def new_id() -> str:
 
 
 def make_units(jobs: Sequence[tuple[Any, ...]], unit_size: int) -> list[WorkUnit]:
-    """Group (id, queue, batch_key[, priority]) jobs by queue and batch key, in order,
-    ``unit_size`` ids a unit; a unit's priority is its best job's."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    best: dict[tuple[str, str], list[int]] = {}
+    """Group (id, queue, batch_key[, priority[, batch_id]]) jobs by queue and batch key, in
+    order, ``unit_size`` ids a unit; a unit's priority is its best job's."""
+    groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
     for job_id, queue, key, *rest in jobs:
-        groups.setdefault((queue, key), []).append(job_id)
-        best.setdefault((queue, key), []).append(int(rest[0]) if rest else 0)
+        groups.setdefault((queue, key), []).append(
+            (job_id, int(rest[0]) if rest else 0, str(rest[1]) if len(rest) > 1 else ""))
     units = []
-    for (queue, key), ids in groups.items():
-        priorities = best[queue, key]
-        for i in range(0, len(ids), unit_size):
-            units.append(WorkUnit(queue, key, ids[i : i + unit_size],
-                                  max(priorities[i : i + unit_size])))
+    for (queue, key), members in groups.items():
+        for i in range(0, len(members), unit_size):
+            part = members[i : i + unit_size]
+            units.append(WorkUnit(queue, key, [m[0] for m in part], max(m[1] for m in part),
+                                  tuple(sorted({m[2] for m in part if m[2]}))))
     return units
 
 
@@ -85,6 +97,7 @@ def submit(
     sessions: sessionmaker[Session], project: str, specs: Sequence[JobSpec], publish: Publisher,
     *, unit_size: int, source: str = "", aging_s: float = 30.0, catalog: Catalog | None = None,
     identity: Callable[[str], Mapping[str, Any]] | None = None, force: bool = False,
+    meta: BatchMeta | None = None,
 ) -> SubmitResult:
     """Record a validated batch in one transaction, then publish its work units.
 
@@ -96,9 +109,11 @@ def submit(
     (:class:`BudgetExceeded`, nothing written). With ``identity`` too (a model's identity,
     ``jobs.reuse.model_identity``), each job gets its fingerprint, and unless ``force`` a job
     identical to one of the project's succeeded jobs takes that job's outputs instead of running
-    (``reused_from``, zero device seconds, no message).
+    (``reused_from``, zero device seconds, no message). ``meta``: the batch's name, labels and
+    webhook URL.
     """
     check_project(project)
+    meta = (meta or BatchMeta()).checked()
     if not specs:
         raise GenfarmError("a batch needs at least one job")
     source = "".join(ch if ch.isprintable() else "?" for ch in source)[:255]
@@ -106,7 +121,7 @@ def submit(
     now = utcnow()
     epoch = now.timestamp()
     rows: list[dict[str, Any]] = []
-    triples: list[tuple[str, str, str, int]] = []
+    triples: list[tuple[str, str, str, int, str]] = []
     ids = [new_id() for _ in specs]
     for index, (job_id, spec) in enumerate(zip(ids, specs, strict=True)):
         params = spec.params
@@ -126,7 +141,7 @@ def submit(
             rows[-1]["status"] = "waiting"
             rows[-1]["waits_on"] = ([{"batch": batch_id, "line": n} for n in spec.after]
                                     + [{"batch": b} for b in spec.after_batches])
-        triples.append((job_id, spec.queue, spec.batch_key, spec.priority))
+        triples.append((job_id, spec.queue, spec.batch_key, spec.priority, batch_id))
     if catalog is not None and identity is not None:
         _fingerprint_rows(catalog, identity, specs, rows)
     reused: list[dict[str, Any]] = []
@@ -140,8 +155,10 @@ def submit(
             session.add(Project(name=project, created_at=now))
             session.flush()
         session.add(Batch(id=batch_id, project=project, source=source[:255],
-                          job_count=len(rows), created_at=now))
+                          job_count=len(rows), created_at=now, name=meta.name,
+                          webhook_url=meta.webhook_url))
         session.flush()
+        insert_rows(session, BatchLabel, label_rows(batch_id, meta.labels))
         insert_rows(session, Job, rows)
         if reused:
             insert_rows(session, Output, reused)
@@ -237,13 +254,14 @@ class Submitter:
                                    source)
 
     def submit(self, project: str, specs: list[JobSpec], *, source: str = "",
-               force: bool = False) -> SubmitResult:
+               force: bool = False, meta: BatchMeta | None = None) -> SubmitResult:
         """Resolve, record and publish; ``force`` runs jobs identical to succeeded ones again
-        instead of reusing their outputs."""
+        instead of reusing their outputs; ``meta``: the batch's name, labels, webhook URL."""
+        meta = (meta or BatchMeta()).checked()  # before any work: a bad label costs nothing
         specs = self.resolve(project, specs, source or "manifest")
         result = submit(self.sessions, project, specs, self.publish, unit_size=self.unit_size,
                         source=source, aging_s=self.aging_s, catalog=self.catalog,
-                        identity=self.identity, force=force)
+                        identity=self.identity, force=force, meta=meta)
         if result.reused == result.job_count:  # nothing to run: finished now
             from jobs.batches import finalize_if_done
 
@@ -251,11 +269,13 @@ class Submitter:
         return result
 
     def submit_manifest(self, project: str, data: str | bytes, *, format: str = "jsonl",
-                        source: str = "manifest", force: bool = False) -> SubmitResult:
+                        source: str = "manifest", force: bool = False,
+                        meta: BatchMeta | None = None) -> SubmitResult:
         check_project(project)
+        meta = (meta or BatchMeta()).checked()
         return self.submit(project, self.parse(data, format=format, source=source,
                                                project=project),
-                           source=source, force=force)
+                           source=source, force=force, meta=meta)
 
 
 class _Lazy:
@@ -285,7 +305,8 @@ class _Lazy:
 
 def publish_jobs(sessions: sessionmaker[Session], publish: Publisher,
                  jobs: Sequence[tuple[Any, ...]], unit_size: int) -> None:
-    """Publish (id, queue, batch_key[, priority]) jobs as work units, then mark them published."""
+    """Publish (id, queue, batch_key[, priority[, batch_id]]) jobs as work units, then mark them
+    published."""
     publish(make_units(jobs, unit_size))
     with sessions.begin() as session:
         mark_published(session, [j[0] for j in jobs])

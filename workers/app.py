@@ -18,6 +18,7 @@ from kombu import Queue
 
 from jobs.settings import Settings
 from jobs.submit import WorkUnit
+from workers.webhook_step import WebhookStep
 
 log = logging.getLogger("genfarm.worker")
 
@@ -110,6 +111,7 @@ def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
         return report.as_dict()
 
     app.steps["worker"].add(ReconcilerStep)
+    app.steps["worker"].add(WebhookStep)
     return app
 
 
@@ -143,7 +145,7 @@ def publisher(app: Celery):  # type: ignore[no-untyped-def]
             for unit in units:
                 app.send_task(RUN_UNIT, args=[unit.job_ids, unit.batch_key, unit.queue],
                               queue=unit.queue, priority=message_priority(app, unit.priority),
-                              producer=producer)
+                              shadow=unit.title, producer=producer)
 
     return publish
 

@@ -96,6 +96,7 @@ class Runtime:
         self.draining = draining
         self.publish = publish
         self.fits: dict[str, int] = {}  # batch key -> largest pass known to fit in memory
+        self._attempts: dict[str, tuple[int, int]] = {}  # this unit's jobs: (attempt, most)
         self.engine = make_engine(settings.resolved_database_url())
         self.sessions = session_factory(self.engine)
         self.storage = open_storage(settings.resolved_storage_url(),
@@ -160,6 +161,7 @@ class Runtime:
                     claimed += lifecycle.fill(session, claimed[0].batch_key, short, owner,
                                               s.lease_seconds)
         report.claimed = len(claimed)
+        self._attempts = {c.id: (c.attempt, c.max_attempts) for c in claimed}
         asked = set(job_ids)
         report.skipped = len(asked) - sum(c.id in asked for c in claimed)
         if not claimed:
@@ -267,15 +269,11 @@ class Runtime:
                 self._run_pass(owner, key, chunk[:half], projects, pending, report)
                 self._run_pass(owner, key, chunk[half:], projects, pending, report)
                 return
-            log.warning("job %s failed: %s", chunk[0].id, _describe(exc))
             self._record(owner, [JobResult(chunk[0].id, error=_describe(exc),
                                            retryable=is_transient(exc))], report)
             return
         failed = [(j, r) for j, r in zip(chunk, results, strict=True) if isinstance(r, JobFailed)]
         if failed:
-            for job, err in failed:
-                log.warning("job %s failed: %s%s", job.id, err,
-                            " (will retry)" if err.retryable else "")
             self._record(owner, [JobResult(j.id, error=str(e), retryable=e.retryable,
                                            device_seconds=share) for j, e in failed], report)
         done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
@@ -301,7 +299,7 @@ class Runtime:
             back = lifecycle.release(session, owner, [j.id for j in jobs], "worker shutting down")
         report.requeued += len(back)
         if back and self.publish is not None:
-            mine = [(j.id, j.queue, j.batch_key) for j in jobs if j.id in back]
+            mine = [(j.id, j.queue, j.batch_key, 0, j.batch_id) for j in jobs if j.id in back]
             try:
                 publish_jobs(self.sessions, self.publish, mine, self.settings.unit_size)
             except Exception:  # noqa: BLE001 - the reconciler publishes them instead
@@ -345,9 +343,24 @@ class Runtime:
         report.succeeded += len(ok)
         report.failed += len(failed)
         report.requeued += len(requeued)
+        self._log_failures(results, failed, requeued)
         unrecorded = [r for r in results if r.outputs and r.job_id not in ok]
         if unrecorded:
             self._drop_cancelled_outputs(unrecorded)
+
+    def _log_failures(self, results: list[JobResult], failed: set[str],
+                      requeued: set[str]) -> None:
+        """What happened, as recorded: a job that goes back to the queue is retrying (attempt
+        n of m), one out of attempts (or with a permanent error) failed."""
+        for r in results:
+            attempt, most = self._attempts.get(r.job_id, (0, 0))
+            if r.job_id in requeued:
+                log.warning("job %s: attempt %d of %d failed, retrying: %s", r.job_id, attempt,
+                            most, r.error)
+            elif r.job_id in failed:
+                why = "no attempts left" if attempt >= most else "not retryable"
+                log.warning("job %s failed on attempt %d of %d (%s): %s", r.job_id, attempt,
+                            most, why, r.error)
 
     def _drop_cancelled_outputs(self, results: list[JobResult]) -> None:
         """Objects uploaded for jobs cancelled meanwhile would be orphans: delete them. (Jobs

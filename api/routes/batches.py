@@ -26,6 +26,7 @@ from api.schemas import (
 )
 from jobs.batches import cancel_jobs, resolve_batch, summarize
 from jobs.errors import LineError, ManifestError, NotFound
+from jobs.labels import BatchMeta, InvalidMeta, parse_labels, where_batch
 from jobs.manifest import loads
 from jobs.models import Batch, Job
 from jobs.presence import unserved
@@ -48,28 +49,52 @@ BODY_DOC = {"requestBody": {"required": True, "content": {
 async def create_batch(request: Request, who: Auth, farm: FarmDep,
                        force: Annotated[bool, Query(description="Run jobs identical to "
                                                     "succeeded ones again instead of reusing "
-                                                    "their outputs.")] = False) -> Any:
+                                                    "their outputs.")] = False,
+                       name: Annotated[str, Query(max_length=128, description="A JSONL body's "
+                                                  "batch name (a JSON body says it itself).")
+                                       ] = "",
+                       label: Annotated[list[str] | None, Query(description="A JSONL body's "
+                                                                "labels, key=value, repeated."
+                                                                )] = None,
+                       webhook_url: Annotated[str | None, Query(max_length=2048)] = None) -> Any:
     """Validate a manifest whole (JSON body of jobs, or a JSONL body) and queue it. A job
     identical to one of the project's succeeded jobs reuses its outputs unless ``force``."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSONL_TYPES + JSON_TYPES:
         raise HTTPException(415, f"unsupported content type {ctype[:100]!r}")
+    meta = query_meta(name, label, webhook_url)
     body = await request.body()  # the only part on the event loop: the rest is CPU or blocking
-    result = await off_loop(submit_body, farm, who.project, body, ctype, force)
-    return BatchCreated(batch_id=result.batch_id, job_count=result.job_count,
+    result = await off_loop(submit_body, farm, who.project, body, ctype, force, meta)
+    return BatchCreated(id=result.batch_id, batch_id=result.batch_id, job_count=result.job_count,
                         units=result.units, published=result.published, reused=result.reused)
 
 
+def query_meta(name: str, label: list[str] | None, webhook_url: str | None) -> BatchMeta:
+    """A batch's name, labels and URL given in the query string, checked (a 422 naming it)."""
+    try:
+        return BatchMeta(name, parse_labels(label or []), webhook_url).checked()
+    except InvalidMeta as exc:
+        raise ManifestError([LineError(0, exc.field, str(exc))], "query") from None
+
+
 def submit_body(farm: Farm, project: str, body: bytes, ctype: str,
-                force: bool = False) -> SubmitResult:
+                force: bool = False, meta: BatchMeta | None = None) -> SubmitResult:
     """Parse, validate, resolve and record one request body as a batch, then publish it: the
     whole submission path, in one place (a worker thread)."""
     if ctype in JSONL_TYPES:
         return farm.submitter.submit_manifest(project, body, format="jsonl", source="upload.jsonl",
-                                              force=force)
+                                              force=force, meta=meta)
     payload = read_json_body(body)
+    given = BatchMeta(payload.name, payload.labels, payload.webhook_url)
+    if meta is not None and (meta.name or meta.labels or meta.webhook_url):
+        given = BatchMeta(meta.name or given.name, {**given.labels, **meta.labels},
+                          meta.webhook_url or given.webhook_url)
+    try:
+        given = given.checked()
+    except InvalidMeta as exc:
+        raise _body_error(exc.field, str(exc)) from None
     specs = farm.submitter.validate(payload.jobs, source="jobs", project=project)
-    return farm.submitter.submit(project, specs, source=payload.source, force=force)
+    return farm.submitter.submit(project, specs, source=payload.source, force=force, meta=given)
 
 
 def read_json_body(body: bytes) -> BatchRequest:
@@ -104,12 +129,22 @@ def _body_error(field: str, message: str) -> ManifestError:
     return ManifestError([LineError(0, field, message)], "body")
 
 
-@router.get("", response_model=BatchPage, responses=REFUSALS)
+@router.get("", response_model=BatchPage, responses={400: {"model": Problem}, **REFUSALS})
 def list_batches(who: Auth, farm: FarmDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                 offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Any:
-    """The caller's project's batches, newest first."""
+                 offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+                 name: Annotated[str | None, Query(max_length=128, description="Only batches "
+                                                   "of this name.")] = None,
+                 label: Annotated[list[str] | None, Query(description="Only batches carrying "
+                                                          "this label (key=value); repeat for "
+                                                          "several, all must match.")] = None
+                 ) -> Any:
+    """The caller's project's batches, newest first (of a name, carrying labels)."""
+    try:
+        wanted = parse_labels(label or [])
+    except InvalidMeta as exc:
+        raise HTTPException(400, str(exc)) from None
     with farm.sessions() as session:
-        mine = select(Batch).where(Batch.project == who.project)
+        mine = where_batch(select(Batch).where(Batch.project == who.project), name, wanted)
         total = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
         rows = session.scalars(mine.order_by(Batch.created_at.desc(), Batch.id)
                                .limit(limit).offset(offset)).all()
@@ -181,4 +216,5 @@ def batch_view(session: Session, batch: Batch) -> BatchView:
                      jobs=s["jobs"], done=s["done"], progress=s["progress"],
                      counts=s["counts"], device_seconds=s["device_seconds"],
                      created_at=batch.created_at, finished_at=batch.finished_at,
-                     manifest_key=batch.manifest_key, reused=s["reused"])
+                     manifest_key=batch.manifest_key, reused=s["reused"], name=s["name"],
+                     labels=s["labels"], started_at=s["started_at"])

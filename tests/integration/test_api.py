@@ -365,3 +365,37 @@ def test_the_batch_view_shows_waiting_and_reused_jobs(farm: dict[str, Any]) -> N
     assert job["reused_from"] is None
     forced = c.post("/v1/batches?force=true", json={"jobs": jobs}, headers=a).json()
     assert forced["reused"] == 0
+
+
+def test_names_and_labels_set_at_submission_and_filter_the_listing(farm: dict[str, Any]) -> None:
+    c, a, b = farm["client"], auth(farm["a"]), auth(farm["b"])
+    made = c.post("/v1/batches", headers=a, json={
+        "jobs": JOBS, "name": "sh010 lookdev", "labels": {"shot": "010", "artist": "mia"}}).json()
+    assert made["id"] == made["batch_id"]  # one id, named as everywhere else
+    jsonl = {**a, "Content-Type": "application/x-ndjson"}
+    other = c.post("/v1/batches?name=sh020&label=shot=020&label=artist=mia", headers=jsonl,
+                   content=b'{"kind": "noop", "tag": 9}\n').json()
+    c.post("/v1/batches", headers=b, json={"jobs": JOBS, "labels": {"shot": "010"}})
+    view = c.get(f"/v1/batches/{made['id']}", headers=a).json()
+    assert (view["name"], view["labels"]) == ("sh010 lookdev", {"artist": "mia", "shot": "010"})
+
+    def listed(query: str, who: dict[str, str] = a) -> list[str]:
+        r = c.get(f"/v1/batches{query}", headers=who)
+        assert r.status_code == 200, r.text
+        return [item["id"] for item in r.json()["items"]]
+
+    assert listed("?label=shot=010") == [made["id"]]  # studio-b's shot 010 is not studio-a's
+    assert set(listed("?label=artist=mia")) == {made["id"], other["id"]}
+    assert listed("?label=artist=mia&label=shot=020") == [other["id"]]
+    assert listed("?name=sh020") == [other["id"]] and listed("?label=shot=030") == []
+    assert len(listed("?label=shot=010", b)) == 1 and listed("?name=sh020", b) == []
+    # bad labels: named, nothing written
+    before = len(listed(""))
+    r = c.post("/v1/batches", headers=a, json={"jobs": JOBS, "labels": {"Shot!": "1"}})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "labels.Shot!"
+    r = c.post("/v1/batches?label=noequals", headers=jsonl, content=b'{"kind": "noop"}\n')
+    assert r.status_code == 422 and "expected key=value" in r.json()["errors"][0]["message"]
+    r = c.post("/v1/batches", headers=a, json={"jobs": JOBS, "webhook_url": "file:///etc/x"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_url"
+    assert len(listed("")) == before
+    assert c.get("/v1/batches?label=x", headers=a).status_code == 400
