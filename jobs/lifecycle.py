@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, String, and_, func, insert, literal, or_, select, update
+from sqlalchemy import JSON, String, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobs.models import Job, JobEvent, Output, UTCDateTime, utcnow
+from jobs.models import Job, JobEvent, Output, UnitPulse, UTCDateTime, utcnow
 from jobs.states import JobStatus
 
 # Retry backoff: base * 2**(attempt-1), capped, with full jitter.
@@ -296,6 +296,42 @@ def release(session: Session, owner: str, job_ids: Sequence[str], reason: str,
                 attempt=Job.attempt - 1, published_at=None),
         JobStatus.RUNNING, JobStatus.QUEUED, reason, owner, now)
     return {r[0] for r in rows}
+
+
+def pulse_start(session: Session, owner: str, now: datetime | None = None) -> None:
+    """A unit began: its pulse row, in the transaction that claims its jobs."""
+    session.add(UnitPulse(owner=owner, seen_at=now or utcnow()))
+
+
+def pulse(session: Session, owner: str, now: datetime | None = None) -> int:
+    """The unit is alive (one row, whatever its job count); 0 once it was given up for lost."""
+    return rowcount(session.execute(
+        update(UnitPulse).where(UnitPulse.owner == owner).values(seen_at=now or utcnow())
+        .execution_options(synchronize_session=False)))
+
+
+def pulse_end(session: Session, owner: str) -> None:
+    session.execute(delete(UnitPulse).where(UnitPulse.owner == owner)
+                    .execution_options(synchronize_session=False))
+
+
+def expire_silent_units(session: Session, grace_s: float, now: datetime | None = None) -> int:
+    """Units whose worker has not pulsed for ``grace_s`` are lost: their running jobs' leases
+    end now, so :func:`expire_leases` returns them to the queue in this pass. Returns how many
+    jobs it ended."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=grace_s)
+    silent = list(session.scalars(select(UnitPulse.owner).where(UnitPulse.seen_at < cutoff)
+                                  .limit(1000)))
+    if not silent:
+        return 0
+    ended = rowcount(session.execute(
+        update(Job).where(Job.status == JobStatus.RUNNING, Job.lease_owner.in_(silent))
+        .values(lease_expires_at=cutoff).execution_options(synchronize_session=False)))
+    session.execute(delete(UnitPulse).where(UnitPulse.owner.in_(silent),
+                                            UnitPulse.seen_at < cutoff)
+                    .execution_options(synchronize_session=False))
+    return ended
 
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[str], set[str]]:

@@ -178,6 +178,17 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column()
 
 
+class UnitPulse(Base):
+    """A running work unit's sign of life: its lease owner, and when its worker last said so
+    (every GENFARM_PULSE_SECONDS). A unit silent for GENFARM_PULSE_GRACE_SECONDS lost its
+    worker: its jobs' leases end at once. One small row a unit, not a write per job."""
+
+    __tablename__ = "unit_pulses"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column()
+
+
 class ApiToken(Base):
     """A project's API token; only its sha256 is stored, the token is shown once."""
 

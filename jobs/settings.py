@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "it waits, so low priority is never starved: a job at -100 goes before a new one at 500 "
         "once it has waited 600 points' worth (5 h at 30 s).")
     reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    pulse_seconds: float = Field(
+        2.0, gt=0, le=60, description="A running unit says it is alive this often (one row "
+        "update), and each worker looks this often for units that went silent.")
+    pulse_grace_seconds: float = Field(
+        8.0, gt=0, description="A unit silent this long lost its worker: its jobs go back to "
+        "the queue at once instead of waiting out their lease.")
     progress_seconds: float = Field(
         10.0, gt=0, description="`--wait` off a terminal (piped, CI): at most one progress line "
         "this often, and only when the counts changed.")

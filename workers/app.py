@@ -167,6 +167,7 @@ class ReconcilerStep(bootsteps.StartStopStep):
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.tref: Any = None
+        self.pulse_tref: Any = None
         self.reconciler: Any = None
 
     def start(self, worker: Any) -> None:
@@ -180,6 +181,8 @@ class ReconcilerStep(bootsteps.StartStopStep):
         self._announce()
         self.tref = worker.timer.call_repeatedly(settings.reconcile_interval, self._tick,
                                                  priority=10)
+        self.pulse_tref = worker.timer.call_repeatedly(settings.pulse_seconds, self._recover,
+                                                       priority=10)
 
     def _announce(self) -> None:
         from jobs.presence import announce
@@ -199,12 +202,20 @@ class ReconcilerStep(bootsteps.StartStopStep):
         except Exception:  # noqa: BLE001 - the next pass tries again
             log.warning("reconciler pass failed", exc_info=True)
 
+    def _recover(self) -> None:
+        try:
+            assert self.reconciler is not None
+            self.reconciler.recover_lost()
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            log.warning("looking for lost units failed", exc_info=True)
+
     def stop(self, worker: Any) -> None:
         from jobs.presence import forget
 
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        for tref in (self.tref, self.pulse_tref):
+            if tref is not None:
+                tref.cancel()
+        self.tref = self.pulse_tref = None
         if self.reconciler is not None:
             try:
                 with self.reconciler.sessions.begin() as session:

@@ -42,6 +42,7 @@ class Reconciler:
     def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
         with self.sessions.begin() as session:
+            lifecycle.expire_silent_units(session, self.settings.pulse_grace_seconds)
             back, dead = lifecycle.expire_leases(session)
         report.requeued, report.failed = len(back), len(dead)
         with self.sessions.begin() as session:  # released jobs are published just below
@@ -58,6 +59,22 @@ class Reconciler:
         if any(report.as_dict().values()):
             log.info("reconciled: %s", report.as_dict())
         return report
+
+    def recover_lost(self) -> int:
+        """The quick pass, every GENFARM_PULSE_SECONDS: jobs of units that went silent (their
+        worker was killed, its host lost) back to the queue and published. One query over the
+        pulses (a row per running unit) when nothing was lost."""
+        with self.sessions.begin() as session:
+            if not lifecycle.expire_silent_units(session, self.settings.pulse_grace_seconds):
+                return 0
+            back, dead = lifecycle.expire_leases(session)
+        if back or dead:
+            log.warning("units went silent: %d jobs back in the queue, %d failed (out of "
+                        "attempts)", len(back), len(dead))
+        if back:
+            publish_due(self.sessions, self.publish, unit_size=self.settings.unit_size,
+                        republish_after_s=self.settings.republish_after_seconds)
+        return len(back)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -153,6 +153,8 @@ class Runtime:
             claimed = (lifecycle.claim_next(session, queue, max(len(job_ids), 1), owner,
                                             s.lease_seconds) if queue
                        else lifecycle.claim(session, job_ids, owner, s.lease_seconds))
+            if claimed:  # from now on, this unit pulses (see _heartbeat)
+                lifecycle.pulse_start(session, owner)
         if claimed:
             # top up the last forward pass with queued jobs of the same key from any batch
             short = (-len(claimed)) % s.max_batch
@@ -179,6 +181,7 @@ class Runtime:
         finally:
             stop.set()
             beat.join(timeout=5)
+            self._end_pulse(owner)
         for batch_id in sorted({c.batch_id for c in claimed}):
             status = finalize_if_done(self.sessions, self.storage, batch_id)
             if status:
@@ -198,13 +201,28 @@ class Runtime:
             log.warning("could not release waiting jobs", exc_info=True)
 
     def _heartbeat(self, owner: str, stop: threading.Event) -> None:
-        interval = max(0.5, self.settings.lease_seconds / 3)
-        while not stop.wait(interval):
+        """The unit's pulse every GENFARM_PULSE_SECONDS (one row: a silent unit's jobs go back
+        to the queue within seconds), and its jobs' leases extended every third of a lease
+        (the backstop, a write per job)."""
+        s = self.settings
+        extend_every = max(0.5, s.lease_seconds / 3)
+        extended = time.monotonic()
+        while not stop.wait(min(s.pulse_seconds, extend_every)):
             try:
                 with self.sessions.begin() as session:
-                    lifecycle.heartbeat(session, owner, self.settings.lease_seconds)
+                    lifecycle.pulse(session, owner)
+                    if time.monotonic() - extended >= extend_every:
+                        lifecycle.heartbeat(session, owner, s.lease_seconds)
+                        extended = time.monotonic()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed for %s", owner, exc_info=True)
+
+    def _end_pulse(self, owner: str) -> None:
+        try:
+            with self.sessions.begin() as session:
+                lifecycle.pulse_end(session, owner)
+        except Exception:  # noqa: BLE001 - a stale pulse of a finished unit ends nothing
+            log.warning("could not end the pulse of %s", owner, exc_info=True)
 
     def _run_claimed(self, owner: str, claimed: list[ClaimedJob], report: UnitReport) -> None:
         by_key: dict[str, list[ClaimedJob]] = {}

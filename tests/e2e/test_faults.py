@@ -77,6 +77,39 @@ def test_kill_9_mid_batch_loses_and_duplicates_nothing(
     db.close()
 
 
+def test_a_killed_workers_jobs_are_back_in_the_queue_within_15_s(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
+    """Default leases (120 s) and reconciler interval (30 s): the unit's pulse, not the lease,
+    tells the second worker that the first is gone."""
+    env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
+           "GENFARM_STORAGE_URL": (tmp_path / "out").as_uri(),
+           "GENFARM_DATA_DIR": str(tmp_path / "data"), "GENFARM_MODEL_PROFILE": "tiny"}
+    upgrade(pg_url)
+    db = Db(pg_url)
+    second = workers.start(env, "--max-batch", "4")
+    db.wait("", workers, until=lambda d: "ready" in workers.logs(tail=None), timeout=120)
+    batch = submit(env, tmp_path, generate(240, size=96))
+    first = workers.start(env, "--max-batch", "4")
+    mine = f":{first.pid}:"  # lease owners are host:worker-pid:process-pid:claim
+    db.wait(batch, workers, until=lambda d: any(
+        j.status == "running" and mine in (j.lease_owner or "") for j in d.jobs(batch)))
+    held = {j.id for j in db.jobs(batch) if j.status == "running" and mine in (j.lease_owner or "")}
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool process, mid-unit
+    killed = time.time()
+    first.wait(timeout=10)
+    db.wait(batch, workers, timeout=300)
+    back = [e for e in db.events(batch) if e.reason == "lease expired" and e.job_id in held]
+    assert back, workers.logs()
+    first_back = min(e.at.timestamp() for e in back) - killed
+    print(f"first job of the killed unit back in the queue {first_back:.1f} s after the kill")
+    assert first_back <= 15, first_back
+    assert {j.status for j in db.jobs(batch)} == {"succeeded"}
+    assert second.poll() is None
+    assert_exactly_one_output_each(db, batch, open_storage((tmp_path / "out").as_uri()))
+    attempts_match_events(db, batch)
+    db.close()
+
+
 def test_flushall_while_queued_and_running(tmp_path: Path, workers: Workers, pg_url: str,
                                            redis_url: str) -> None:
     _, batch, db, storage_url = start_farm(tmp_path, workers, pg_url, redis_url, generate(400))
