@@ -189,6 +189,18 @@ class UnitPulse(Base):
     seen_at: Mapped[datetime] = mapped_column()
 
 
+class PassSize(Base):
+    """The forward-pass size that made the most jobs a second for a batch key on a device and
+    dtype (``key``: batch key|device|dtype), with the rates measured per size."""
+
+    __tablename__ = "pass_sizes"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    best: Mapped[int] = mapped_column(Integer)
+    rates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiToken(Base):
     """A project's API token; only its sha256 is stored, the token is shown once."""
 

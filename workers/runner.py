@@ -36,6 +36,7 @@ from jobs.submit import Publisher, publish_jobs
 from storage import open_storage
 from storage.errors import StorageUnavailable
 from workers.family import Artifact, Family, JobContext, JobFailed
+from workers.passes import PassSizes
 
 log = logging.getLogger("genfarm.worker")
 IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for throughput figures)
@@ -97,6 +98,7 @@ class Runtime:
         self.publish = publish
         self.fits: dict[str, int] = {}  # batch key -> largest pass known to fit in memory
         self._attempts: dict[str, tuple[int, int]] = {}  # this unit's jobs: (attempt, most)
+        self._passes: PassSizes | None = None  # made on first use: it needs the device
         self.engine = make_engine(settings.resolved_database_url())
         self.sessions = session_factory(self.engine)
         self.storage = open_storage(settings.resolved_storage_url(),
@@ -233,7 +235,7 @@ class Runtime:
         for key, jobs in by_key.items():
             done = 0
             while done < len(jobs):
-                size = min(self.settings.max_batch, self.fits.get(key, self.settings.max_batch))
+                size = self._pass_size(jobs[0])
                 chunk = jobs[done : done + size]
                 done += len(chunk)
                 if self.draining is not None and self.draining.is_set():
@@ -247,6 +249,29 @@ class Runtime:
                     self._finish(owner, *pending.pop(0), report)
         while pending:
             self._finish(owner, *pending.pop(0), report)
+
+    def _largest(self, key: str) -> int:
+        """The largest pass of ``key``: --max-batch, or less where out of memory said so."""
+        return min(self.settings.max_batch, self.fits.get(key, self.settings.max_batch))
+
+    def _measures_passes(self, job: ClaimedJob) -> bool:
+        """Only models on a device have a best pass size (a family with no device work, such as
+        noop, costs the same per job whatever the pass, so the largest pass saves round trips)."""
+        spec = self.catalog.family(job.model) if job.model in self.catalog.models else None
+        return spec is not None and spec.uses_device
+
+    def _pass_size(self, job: ClaimedJob) -> int:
+        largest = self._largest(job.batch_key)
+        if not self._measures_passes(job):
+            return largest
+        return self.passes.size(job.batch_key, largest)
+
+    @property
+    def passes(self) -> PassSizes:
+        if self._passes is None:
+            dtype = str(default_dtype(self.settings, self.device)).removeprefix("torch.")
+            self._passes = PassSizes(self.sessions, self.device, dtype)
+        return self._passes
 
     def _run_pass(self, owner: str, key: str, chunk: list[ClaimedJob], projects: dict[str, str],
                   pending: list[tuple[list[ClaimedJob], list[Any], float, bool]],
@@ -272,6 +297,8 @@ class Runtime:
             results = fam.run([self._context(owner, j, projects[j.batch_id]) for j in chunk])
             self._last_pass = time.perf_counter()
             share = (self._last_pass - t0) / len(chunk)
+            if steady and self._measures_passes(chunk[0]):
+                self.passes.observe(key, len(chunk), self._last_pass - t0, self._largest(key))
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:  # noqa: BLE001 - isolated below, recorded per job in the end

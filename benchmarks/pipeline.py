@@ -1,0 +1,174 @@
+"""The default generate model through the whole farm against the same model in a bare loop.
+
+    python benchmarks/pipeline.py [--jobs 480] [--size 128] [--rounds 3] [--embedded]
+
+Farm: one real `genfarm worker` process (its default pass sizes: measured, see
+workers/passes.py), PostgreSQL, Redis and a local folder; a warm-up batch first (it loads the
+model and lets the worker measure its pass sizes), then each round submits JOBS generate jobs
+and times submission to the batch's finish. Bare loop: the same family in this process, on
+the same jobs: forward pass, PNG encoding, a file written per job, at each pass size of 1, 2,
+4, 8 and 16, the best one reported. Rounds alternate the two, so both see the same noise on a
+shared machine. ``--embedded`` also times the farm on its embedded default (SQLite, the
+filesystem broker). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import select  # noqa: E402
+
+from benchmarks.overhead import BIN, start, stop, wait_ready, wait_until  # noqa: E402
+from jobs.db import make_engine, session_factory, upgrade  # noqa: E402
+from jobs.models import Batch, PassSize  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
+from tests.conftest import create_pg_database, drop_pg_database  # noqa: E402
+
+SIZES = [1, 2, 4, 8, 16]
+
+
+def line(n: int, size: int, offset: int) -> dict[str, Any]:
+    return {"kind": "generate", "seed": {"range": [offset, offset + n]}, "width": size,
+            "height": size, "yaw": 20}
+
+
+def farm_round(env: dict[str, str], n: int, size: int, offset: int) -> float:
+    """Seconds from submission to the batch's finish, through the CLI's submission path."""
+    from workers.app import make_submitter
+
+    settings = Settings(**{k.removeprefix("GENFARM_").lower(): v for k, v in env.items()
+                           if k.startswith("GENFARM_")})
+    submitter = make_submitter(settings)
+    t0 = time.perf_counter()
+    result = submitter.submit_manifest("bench", json.dumps(line(n, size, offset)), force=True)
+
+    def done() -> bool:
+        with submitter.sessions() as s:
+            return s.scalar(select(Batch.finished_at).where(Batch.id == result.batch_id)) \
+                is not None
+
+    return wait_until(done, poll=0.05) - t0
+
+
+def bare_round(n: int, size: int, offset: int, folder: Path) -> dict[int, float]:
+    """Images per second of the family at each pass size: forward, encode, write."""
+    import torch
+
+    from benchmarks.models import aether, gen_params
+    from workers.family import JobContext
+
+    settings = Settings(model_profile="default")
+    fam = aether(settings)
+    rates = {}
+    for batch in SIZES:
+        jobs = [{**gen_params(offset + i, size), "yaw": 20.0} for i in range(n)]
+        warm = [JobContext("w", "b", "p", 1, "generate", jobs[0], None)]
+        fam.run(warm * batch)  # one pass to warm this size up, as the farm's first pass
+        t0 = time.perf_counter()
+        for start_ in range(0, n, batch):
+            chunk = [JobContext(f"j{start_ + i}", "b", "p", 1, "generate", job, None)
+                     for i, job in enumerate(jobs[start_:start_ + batch])]
+            for ctx, arts in zip(chunk, fam.run(chunk), strict=True):
+                for art in arts:
+                    (folder / f"{ctx.job_id}-{art.name}").write_bytes(art.encode())
+        rates[batch] = n / (time.perf_counter() - t0)
+    del torch
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=480)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--embedded", action="store_true",
+                        help="also the farm on SQLite and the filesystem broker")
+    parser.add_argument("--pg", default=os.environ.get(
+        "GENFARM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="genfarm-pipeline-"))
+    url = create_pg_database(args.pg)
+    procs: list[subprocess.Popen[bytes]] = []
+    farms = {"production": {"GENFARM_DATABASE_URL": url, "GENFARM_BROKER_URL": args.redis,
+                            "GENFARM_STORAGE_URL": (tmp / "out").as_uri()}}
+    if args.embedded:
+        farms["embedded"] = {"GENFARM_DATA_DIR": str(tmp / "embedded")}
+    try:
+        import redis
+
+        redis.Redis.from_url(args.redis).flushdb()
+        workers = {}
+        for name, env in farms.items():
+            env.update({"GENFARM_MODEL_PROFILE": "default", "GENFARM_RECONCILE_INTERVAL": "3600"})
+            env.setdefault("GENFARM_DATA_DIR", str(tmp / "data"))
+            upgrade(Settings(**{k.removeprefix("GENFARM_").lower(): v for k, v in env.items()
+                                }).resolved_database_url())
+            log = tmp / f"{name}-worker.log"
+            workers[name] = start([str(BIN / "genfarm"), "worker", "-l", "INFO"], env, log)
+            procs.append(workers[name])
+            wait_ready(log, timeout=300)
+            farm_round(env, 160, args.size, 10_000_000)  # warm-up: the model, its pass sizes
+            stop(workers[name])  # one worker at a time: they would share the two cores
+        rounds = []
+        for r in range(args.rounds):
+            offset = (r + 1) * 100_000
+            entry: dict[str, Any] = {}
+            for name, env in farms.items():
+                log = tmp / f"{name}-worker-{r}.log"
+                workers[name] = start([str(BIN / "genfarm"), "worker", "-l", "INFO"], env, log)
+                procs.append(workers[name])
+                wait_ready(log, timeout=300)
+                farm_round(env, 16, args.size, offset + 50_000)  # this process's first passes
+                entry[f"farm_{name}_images_per_s"] = round(
+                    args.jobs / farm_round(env, args.jobs, args.size, offset), 2)
+                stop(workers[name])
+            out = tmp / f"bare-{r}"
+            out.mkdir()
+            rates = bare_round(args.jobs, args.size, offset, out)
+            shutil.rmtree(out)
+            best = max(rates, key=lambda b: rates[b])
+            entry.update(bare_images_per_s={b: round(v, 2) for b, v in rates.items()},
+                         bare_best_batch=best, bare_best_images_per_s=round(rates[best], 2))
+            for name in farms:
+                entry[f"ratio_{name}"] = round(entry[f"farm_{name}_images_per_s"]
+                                               / rates[best], 3)
+            rounds.append(entry)
+            print(json.dumps(entry), file=sys.stderr)
+        engine = make_engine(url)
+        with session_factory(engine)() as s:
+            chosen = {p.key: {"best": p.best, "rates": p.rates} for p in s.scalars(
+                select(PassSize))}
+        engine.dispose()
+        median = sorted(rounds, key=lambda e: e["ratio_production"])[len(rounds) // 2]
+        print(json.dumps({
+            "benchmark": "pipeline", "jobs": args.jobs, "size": args.size,
+            "model": "aether (default profile, shipped weights)", "cpus": os.cpu_count(),
+            "compute": "float64 on the CPU (GENFARM_EXACT_CPU=true, the default)",
+            "farm": "one genfarm worker process; production: PostgreSQL, Redis, local folder",
+            "pass_sizes_measured": chosen, "rounds": rounds, "median": median,
+            "ratio": median["ratio_production"],
+        }, indent=2))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                stop(proc)
+        drop_pg_database(args.pg, url)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
