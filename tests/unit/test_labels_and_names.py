@@ -79,7 +79,7 @@ def test_names_from_params_with_folders_formats_and_extensions() -> None:
 @pytest.mark.parametrize("template, message", [
     ("{seed}", "gives '7.png' to jobs #0 and #1"), ("{missing}", "has no 'missing'"),
     ("{seed", "literal braces"), ("{}", "is not a field"), ("{0}", "is not a field"),
-    ("{seed:Z}", "job #0"), ("{seed!x}", ""), ("{seed.real}", "is not a field")])
+    ("{seed:Z}", "job #0"), ("{seed!x}", "conversion"), ("{seed.real}", "is not a field")])
 def test_a_template_that_cannot_name_every_file_apart_is_refused(template: str,
                                                                  message: str) -> None:
     jobs = {"a": _job(seed=7), "b": _job(seed=7)}
