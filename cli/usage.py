@@ -22,15 +22,13 @@ def print_estimate(settings: Settings, submitter: Any, project: str, specs: list
     from jobs.estimates import estimate
     from jobs.models import Budget
     from jobs.presence import served_models
-    from jobs.reuse import fingerprint, reusable
+    from jobs.reuse import fingerprints, reusable
 
     total = len(specs)
     with submitter.sessions() as session:
         if not force and submitter.identity is not None:
-            identities = {m: submitter.identity(m) for m in {s.params.get("model", "")
-                                                             for s in specs}}
-            prints = [fingerprint(submitter.catalog, s.kind, s.params,
-                                  identities[s.params.get("model", "")]) for s in specs]
+            prints = fingerprints(submitter.catalog, submitter.identity,
+                                  ((s.kind, s.params) for s in specs))
             hits = reusable(session, project, (p for p in prints if p))
             specs = [s for s, p in zip(specs, prints, strict=True) if not p or p not in hits]
         if workers is None:

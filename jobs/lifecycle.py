@@ -8,6 +8,7 @@ and late writers from an expired lease harmless.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import defaultdict
@@ -75,28 +76,82 @@ def rowcount(result: Any) -> int:
 
 
 def insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
-    """Bulk INSERT in this transaction: COPY on PostgreSQL, executemany on SQLite.
-
-    psycopg's executemany sends one statement per row and multi-row VALUES
-    statements cost more to build than to run; COPY streams the rows at once.
-    """
+    """Bulk INSERT in this transaction: COPY on PostgreSQL, executemany on SQLite."""
     if not rows:
         return
-    table = model.__table__
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        conn.execute(table.insert(), rows)
+        conn.execute(model.__table__.insert(), rows)
         return
     columns = list(rows[0])
-    as_json = {c for c in columns if isinstance(table.c[c].type, JSON)}
+    insert_values(session, model, columns, ([row[c] for c in columns] for row in rows))
+
+
+def insert_values(session: Session, model: Any, columns: Sequence[str],
+                  rows: Iterable[Sequence[Any]], chunk: int = 5_000) -> None:
+    """Bulk INSERT of rows given as values in the order of ``columns``, taken from ``rows`` as
+    they come: one COPY on PostgreSQL, executemany of ``chunk`` rows at a time on SQLite. A
+    column not given takes its server default, as in COPY (not a Python-side one).
+
+    psycopg's executemany sends one statement per row and multi-row VALUES
+    statements cost more to build than to run; COPY streams the rows at once, and the server
+    stores them while the next ones are made.
+    """
+    table = model.__table__
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        _sqlite_insert(conn, table, columns, rows, chunk)
+        return
+    if conn.dialect.name != "postgresql":
+        taken = iter(rows)
+        while part := [dict(zip(columns, row, strict=True))
+                       for row in itertools.islice(taken, chunk)]:
+            conn.execute(table.insert(), part)
+        return
+    as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
     names = ", ".join(f'"{c}"' for c in columns)
     driver = conn.connection.driver_connection  # the transaction's own psycopg connection
     assert driver is not None
-    cursor = driver.cursor()
-    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+    with driver.cursor() as cursor, cursor.copy(
+            f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        write, dumps = copy.write_row, json.dumps
         for row in rows:
-            copy.write_row([json.dumps(row[c]) if c in as_json else row[c] for c in columns])
-    cursor.close()
+            if as_json:
+                row = list(row)
+                for i in as_json:
+                    value = row[i]
+                    row[i] = "null" if value is None else dumps(value)
+            write(row)
+
+
+def _sqlite_insert(conn: Any, table: Any, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+                   chunk: int) -> None:
+    """executemany on the driver's cursor, each value made what its column type makes it (the
+    type's bind processor) once per distinct object: SQLAlchemy's own executemany does that for
+    every value of every row, and a batch's rows share their timestamps."""
+    dialect = conn.dialect
+    processors = [(i, process) for i, c in enumerate(columns) if (
+        process := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+    names = ", ".join(f'"{c}"' for c in columns)
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(columns))})'
+    last: list[Any] = [object()] * len(columns)  # per column: the last value, what it became
+    made: list[Any] = [None] * len(columns)
+    cursor = conn.connection.driver_connection.cursor()  # the transaction's own connection
+    try:
+        taken = iter(rows)
+        while part := list(itertools.islice(taken, chunk)):
+            values = []
+            for row in part:
+                row = list(row)
+                for i, process in processors:
+                    value = row[i]
+                    if value is not last[i]:
+                        last[i], made[i] = value, process(value)
+                    row[i] = made[i]
+                values.append(row)
+            cursor.executemany(sql, values)
+    finally:
+        cursor.close()
 
 
 def _log(session: Session, events: list[dict[str, Any]]) -> None:
@@ -488,6 +543,15 @@ def mark_published(session: Session, job_ids: Sequence[str], now: datetime | Non
             update(Job).where(Job.id.in_(chunk), Job.status == JobStatus.QUEUED)
             .values(published_at=now).execution_options(synchronize_session=False)
         )
+
+
+def unmark_published(session: Session, batch_id: str, at: datetime) -> None:
+    """The queued jobs of ``batch_id`` recorded as published at ``at`` (at insert) whose message
+    did not go out: never published again, so the reconciler's next pass publishes them."""
+    session.execute(
+        update(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED,
+                          Job.published_at == at)
+        .values(published_at=None).execution_options(synchronize_session=False))
 
 
 def count_by_status(session: Session, batch_id: str) -> dict[str, int]:

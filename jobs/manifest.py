@@ -33,7 +33,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
 from jobs.kinds import COMMON_FIELDS
-from jobs.registry import GeneratedRef, Params, SourceRef, select_schema, storage_refs
+from jobs.registry import GeneratedRef, Params, SourceRef, has_refs, select_schema, storage_refs
 
 MAX_JOBS = 100_000
 CHECK_JOBS = 1_000  # once a manifest has an error, each line is checked on this many more jobs
@@ -107,7 +107,7 @@ def validate_records(
     catalog = catalog or default_catalog()
     errors: list[LineError] = []
     specs: list[JobSpec] = []
-    lines: dict[int, _Line] = {}
+    lines: dict[int, _Seen] = {}
     total = 0
     # up to 100,000 jobs' dicts are made here and all of them live on: the cycle collector would
     # walk them again and again (a fifth of the time) and find nothing to free
@@ -119,13 +119,14 @@ def validate_records(
                 errors.append(record)
                 continue
             parsed = _Line(line, record, strict, default_max_attempts, catalog, lines, batches)
-            lines[line] = parsed
             total += parsed.size
             if total > MAX_JOBS:
+                lines[line] = parsed.seen()
                 errors.append(LineError(line, "", f"the manifest would make at least {total} jobs "
                                                   f"(up to this line); the limit is {MAX_JOBS}"))
                 break
             line_specs = parsed.expand(len(specs), checking=bool(errors))
+            lines[line] = parsed.seen()  # the rest of the line is freed: 100,000 lines add up
             errors.extend(parsed.errors)
             if not errors:
                 specs.extend(line_specs)
@@ -133,7 +134,6 @@ def validate_records(
     finally:
         if collecting:
             gc.enable()
-        lines.clear()  # each line refers back to ``lines``: a cycle only a full collection frees
     if not errors and not specs:
         errors.append(LineError(1, "", "the manifest has no jobs"))
     if errors:
@@ -141,10 +141,12 @@ def validate_records(
     return specs
 
 
-def _check_after(lines: dict[int, _Line]) -> list[LineError]:
+def _check_after(lines: dict[int, _Seen]) -> list[LineError]:
     """Every line an ``after`` names is a job line without errors, and no line waits on
     itself through others (a cycle: named on each of its lines)."""
-    errors = []
+    errors: list[LineError] = []
+    if not any(parsed.after for parsed in lines.values()):
+        return errors
     for parsed in lines.values():
         for target in parsed.after:
             if target == parsed.line:
@@ -185,11 +187,13 @@ def _check_after(lines: dict[int, _Line]) -> list[LineError]:
 
 # -- reading lines ------------------------------------------------------------------------------
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"the key {_short(key)} appears twice in one object")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {_short(key)} appears twice in one object")
+            seen.add(key)
     return out
 
 
@@ -211,10 +215,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# made once: json.loads with hooks makes a decoder per call (per line of a long manifest)
+_decode = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_int=_bounded_int,
+                           parse_float=_finite_float, parse_constant=_no_constant).decode
+
+
 def loads(text: str) -> Any:
     """Strict JSON: no duplicate keys, no NaN or Infinity, no integers of absurd length."""
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int,
-                      parse_float=_finite_float, parse_constant=_no_constant)
+    if text.startswith("\ufeff"):
+        return json.loads(text)  # refuses it, naming the byte order mark, as it always did
+    return _decode(text)
 
 
 def _json_error(exc: Exception) -> str:
@@ -292,11 +302,29 @@ def _csv_cell(cell: str) -> Any:
 
 
 # -- one line -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Seen:
+    """What later lines (their line references) and the ``after`` check read of a line."""
+
+    line: int
+    kind: str
+    model: str
+    size: int
+    first: int
+    specs: list[JobSpec]
+    errors: list[LineError]
+    after: tuple[int, ...]
+
+
 class _Line:
     """One manifest line: checked, sized (before anything is expanded), then expanded."""
 
+    __slots__ = ("after", "after_batches", "attempts", "axes", "bad_keys", "batches", "catalog",
+                 "count", "earlier", "errors", "family", "first", "kind", "line", "model",
+                 "priority", "refs", "schema", "size", "specs", "strict", "template")
+
     def __init__(self, line: int, record: Any, strict: bool, default_max_attempts: int,
-                 catalog: Catalog, earlier: dict[int, _Line],
+                 catalog: Catalog, earlier: dict[int, _Seen],
                  batches: BatchSources | None = None) -> None:
         self.line, self.strict, self.catalog, self.earlier = line, strict, catalog, earlier
         self.batches = batches
@@ -313,6 +341,10 @@ class _Line:
 
     def _error(self, field: str, message: str) -> None:
         self.errors.append(LineError(self.line, field, message))
+
+    def seen(self) -> _Seen:
+        return _Seen(self.line, self.kind, self.model, self.size, self.first, self.specs,
+                     self.errors, self.after)
 
     def _prepare(self, record: Any, default_max_attempts: int) -> None:
         if not isinstance(record, dict):
@@ -331,7 +363,7 @@ class _Line:
             self._error("kind", f"unknown kind {_short(kind)}; expected one of {', '.join(reg.kinds)}")
             return
         self.kind = kind
-        model = record.get("model", self.catalog.default_model(kind))
+        model = record["model"] if "model" in record else self.catalog.default_model(kind)
         if not isinstance(model, str):
             self._error("model", f"expected one model name, got {_short(model)}")
             return
@@ -356,7 +388,7 @@ class _Line:
                                         MAX_ATTEMPTS)
         count = self._int_field(record, "count", 1, 1, MAX_JOBS)
         self.after, self.after_batches = self._after(record.get("after"))
-        fields = schema.model_fields
+        fields = _field_kinds(schema)
         template: dict[str, Any] = {"model": model}
         for key, value in record.items():
             if key in COMMON_FIELDS or key == "model":
@@ -382,10 +414,9 @@ class _Line:
         self.axes: list[tuple[str, Sequence[Any]]] = []
         self.bad_keys: set[str] = set()
         for key, value in list(template.items()):
-            ref = _ref_type(schema, key)
-            values = (_sweep_values(value) if _sweepable(fields[key].annotation)
-                      else self._sources(value)
-                      if isinstance(ref, type) and issubclass(ref, SourceRef) else None)
+            sweeps, sources = fields[key]
+            values = (_sweep_values(value) if sweeps
+                      else self._sources(value) if sources else None)
             if isinstance(values, str):
                 self._error(key, values)
                 self.bad_keys.add(key)
@@ -452,10 +483,12 @@ class _Line:
             return default
         return value
 
-    def _line_refs(self, template: dict[str, Any]) -> list[tuple[str, _Line]]:
+    def _line_refs(self, template: dict[str, Any]) -> list[tuple[str, _Seen]]:
         """The {"line": N} references of this line: (params path, the line it names)."""
         assert self.schema is not None
-        refs = []
+        refs: list[tuple[str, _Seen]] = []
+        if not has_refs(self.schema):
+            return refs
         for path, ref, _ref_type in storage_refs(template, self.schema):
             if "line" not in ref:
                 continue
@@ -514,6 +547,13 @@ class _Line:
         first = self.template | {key: values[0] for key, values in self.axes}
         try:
             template = self.schema.__pydantic_validator__.validate_python(first, strict=strict)
+            if not keys and count == 1:  # one job (a line of a long manifest): no product
+                clean = {k: v for k, v in template.__dict__.items() if v is not None}
+                specs.append(JobSpec(self.kind, clean, self.family.batch_key(self.kind, clean),
+                                     self.catalog.queue(self.kind, self.model), self.priority,
+                                     self.attempts, self.line, (), self.after,
+                                     self.after_batches))
+                return True
             columns = [[fields[key](v, strict=strict) for v in values] for key, values in self.axes]
             if count > 1:
                 seed = first["seed"]
@@ -615,6 +655,18 @@ class _Line:
                 self._error(field, msg)
 
 
+@functools.cache
+def _field_kinds(schema: type[Params]) -> dict[str, tuple[bool, bool]]:
+    """Each field of ``schema`` (in its order): whether it sweeps and whether it takes sources,
+    worked out once per schema rather than on every line."""
+    out = {}
+    for name, info in schema.model_fields.items():
+        ref = _ref_type(schema, name)
+        out[name] = (_sweepable(info.annotation),
+                     isinstance(ref, type) and issubclass(ref, SourceRef))
+    return out
+
+
 def _ref_type(schema: type[Params], field: str) -> Any:
     info = schema.model_fields.get(field)
     if info is None:
@@ -623,16 +675,20 @@ def _ref_type(schema: type[Params], field: str) -> Any:
     return args[0] if args else info.annotation
 
 
+_NO_TEXT = (int, float, bool, type(None))
+
+
 def _find_nul(value: Any, path: str = "") -> str | None:
     """The dotted path of the first string (key or value) holding a NUL character."""
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
             if "\x00" in str(key):
-                return _short_key(sub)
-            found = _find_nul(item, sub)
+                return _short_key(f"{path}.{key}" if path else str(key))
+            if type(item) in _NO_TEXT:
+                continue
+            found = _find_nul(item, f"{path}.{key}" if path else str(key))
             if found is not None:
                 return found
     if isinstance(value, list):

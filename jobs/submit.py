@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import os
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import lifecycle
 from jobs.batches import reopen
 from jobs.budgets import check_budget
+from jobs.bulk import plan, write_jobs
 from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
 from jobs.labels import BatchMeta, label_rows
-from jobs.lifecycle import due_unpublished, insert_rows, mark_published
-from jobs.manifest import JobSpec, own_path, parse_manifest, validate_records
-from jobs.models import Batch, BatchLabel, Job, JobEvent, Output, Project, utcnow
+from jobs.lifecycle import due_unpublished, insert_rows, mark_published, unmark_published
+from jobs.manifest import JobSpec, parse_manifest, validate_records
+from jobs.models import Batch, BatchLabel, Project, utcnow
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -67,19 +68,33 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+_UUID4_CLEAR, _UUID4_SET = ~(0xF000 << 64 | 0xC000 << 48), 4 << 76 | 0x8000 << 48
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` ids such as :func:`new_id` makes (random UUID4s), from one read of the system's
+    random source rather than one each."""
+    raw = os.urandom(16 * n)
+    return [f"{int.from_bytes(raw[i : i + 16], 'big') & _UUID4_CLEAR | _UUID4_SET:032x}"
+            for i in range(0, 16 * n, 16)]
+
+
 def make_units(jobs: Sequence[tuple[Any, ...]], unit_size: int) -> list[WorkUnit]:
     """Group (id, queue, batch_key[, priority[, batch_id]]) jobs by queue and batch key, in
     order, ``unit_size`` ids a unit; a unit's priority is its best job's."""
-    groups: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
-    for job_id, queue, key, *rest in jobs:
-        groups.setdefault((queue, key), []).append(
-            (job_id, int(rest[0]) if rest else 0, str(rest[1]) if len(rest) > 1 else ""))
+    groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for job in jobs:
+        members = groups.get((job[1], job[2]))
+        if members is None:
+            members = groups[job[1], job[2]] = []
+        members.append(job)
     units = []
     for (queue, key), members in groups.items():
         for i in range(0, len(members), unit_size):
             part = members[i : i + unit_size]
-            units.append(WorkUnit(queue, key, [m[0] for m in part], max(m[1] for m in part),
-                                  tuple(sorted({m[2] for m in part if m[2]}))))
+            units.append(WorkUnit(queue, key, [m[0] for m in part],
+                                  max(int(m[3]) if len(m) > 3 else 0 for m in part),
+                                  tuple(sorted({str(m[4]) for m in part if len(m) > 4 and m[4]}))))
     return units
 
 
@@ -101,8 +116,13 @@ def submit(
 ) -> SubmitResult:
     """Record a validated batch in one transaction, then publish its work units.
 
-    If publishing fails the batch is still recorded with every job queued; the
-    reconciler publishes them once the broker is back. A job's rank (its claim order) is its
+    Every job is planned (fingerprint, reuse, estimate) before anything is written, so a
+    refusal writes nothing; then the rows stream into the database as they are made
+    (``jobs.bulk``). Queued jobs are recorded as published when they are inserted, as
+    publishing follows the commit at once: there is no UPDATE of every row afterwards. If
+    publishing fails the batch is still recorded with every job queued and that mark cleared:
+    the reconciler publishes them once the broker is back (should this process die in between,
+    after ``republish_after_seconds``, as for a lost message). A job's rank (its claim order) is its
     submission time less its priority times ``aging_s``: it gains a point per ``aging_s``
     seconds it waits. With ``catalog``, each job's estimated device seconds are recorded and
     the project's budget, if it has one, is checked in the same transaction
@@ -119,96 +139,30 @@ def submit(
     source = "".join(ch if ch.isprintable() else "?" for ch in source)[:255]
     batch_id = new_id()
     now = utcnow()
-    epoch = now.timestamp()
-    rows: list[dict[str, Any]] = []
-    triples: list[tuple[str, str, str, int, str]] = []
-    ids = [new_id() for _ in specs]
-    for index, (job_id, spec) in enumerate(zip(ids, specs, strict=True)):
-        params = spec.params
-        if spec.refs:  # {"line": N} references: name the referenced job by its id
-            params = copy.copy(params)
-            for path, position in spec.refs:
-                own_path(params, path)["job"] = ids[position]
-        rows.append({
-            "id": job_id, "batch_id": batch_id, "index": index, "kind": spec.kind,
-            "model": params.get("model", ""), "queue": spec.queue, "params": params, "batch_key": spec.batch_key, "status": "queued",
-            "priority": spec.priority, "rank": epoch - spec.priority * aging_s, "attempt": 0, "max_attempts": spec.max_attempts,
-            "created_at": now, "device_seconds": 0.0, "started_at": None, "finished_at": None,
-            "progress": 0.0, "fingerprint": None, "reused_from": None, "line": spec.line,
-            "waits_on": None,
-        })
-        if spec.after or spec.after_batches:  # not published: released when they succeed
-            rows[-1]["status"] = "waiting"
-            rows[-1]["waits_on"] = ([{"batch": batch_id, "line": n} for n in spec.after]
-                                    + [{"batch": b} for b in spec.after_batches])
-        triples.append((job_id, spec.queue, spec.batch_key, spec.priority, batch_id))
-    if catalog is not None and identity is not None:
-        _fingerprint_rows(catalog, identity, specs, rows)
-    reused: list[dict[str, Any]] = []
+    ids = new_ids(len(specs))
     with sessions.begin() as session:
-        if catalog is not None and identity is not None and not force:
-            reused = _reuse(session, project, rows, now)
+        found = plan(session, project, specs, catalog, identity, force)
         if catalog is not None:
-            _estimate_rows(session, catalog, [r for r in rows if not r["reused_from"]])
-            check_budget(session, project, sum(r.get("estimate_seconds", 0.0) for r in rows))
+            check_budget(session, project, sum(found.estimates))
         if session.scalar(select(Project.name).where(Project.name == project)) is None:
             session.add(Project(name=project, created_at=now))
             session.flush()
         session.add(Batch(id=batch_id, project=project, source=source[:255],
-                          job_count=len(rows), created_at=now, name=meta.name,
+                          job_count=len(specs), created_at=now, name=meta.name,
                           webhook_url=meta.webhook_url))
         session.flush()
         insert_rows(session, BatchLabel, label_rows(batch_id, meta.labels))
-        insert_rows(session, Job, rows)
-        if reused:
-            insert_rows(session, Output, reused)
-            insert_rows(session, JobEvent, [
-                {"job_id": r["id"], "at": now, "from_status": None, "to_status": "succeeded",
-                 "attempt": 0, "reason": f"reused the outputs of job {r['reused_from']}"[:255],
-                 "worker": None} for r in rows if r["reused_from"]])
-    n_reused = sum(1 for r in rows if r["reused_from"])
-    triples = [t for t, r in zip(triples, rows, strict=True) if r["status"] == "queued"]
-    units = len(make_units(triples, unit_size))
+        queued = write_jobs(session, batch_id, specs, ids, found, now, aging_s)
+    units = make_units(queued, unit_size)
     try:
-        publish_jobs(sessions, publish, triples, unit_size)
+        publish(units)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs to the reconciler
-        return SubmitResult(batch_id, len(rows), units, False, f"{type(exc).__name__}: {exc}",
-                            n_reused)
-    return SubmitResult(batch_id, len(rows), units, True, reused=n_reused)
-
-
-def _fingerprint_rows(catalog: Catalog, identity: Callable[[str], Mapping[str, Any]],
-                      specs: Sequence[JobSpec], rows: list[dict[str, Any]]) -> None:
-    from jobs.reuse import fingerprint
-
-    identities: dict[str, Mapping[str, Any]] = {}
-    for spec, row in zip(specs, rows, strict=True):
-        model = row["model"]
-        if model not in identities:
-            identities[model] = identity(model)
-        row["fingerprint"] = fingerprint(catalog, spec.kind, spec.params, identities[model])
-
-
-def _reuse(session: Session, project: str, rows: list[dict[str, Any]],
-           now: Any) -> list[dict[str, Any]]:
-    """Rows identical to a succeeded job of ``project`` become succeeded jobs that reuse its
-    outputs; returns the output rows they get (the same keys and checksums)."""
-    from jobs.reuse import outputs_of, reusable
-
-    found = reusable(session, project, (r["fingerprint"] for r in rows if r.get("fingerprint")))
-    outputs = outputs_of(session, found.values())
-    copied: list[dict[str, Any]] = []
-    for row in rows:
-        original = found.get(row.get("fingerprint") or "")
-        row["reused_from"] = original
-        if original is None:
-            continue
-        row.update(status="succeeded", started_at=now, finished_at=now, progress=1.0,
-                   estimate_seconds=0.0)
-        copied += [{"job_id": row["id"], "name": o.name, "key": o.key, "sha256": o.sha256,
-                    "bytes": o.bytes, "content_type": o.content_type, "created_at": now}
-                   for o in outputs.get(original, [])]
-    return copied
+        # if this fails too, they are published again after republish_after_s
+        with contextlib.suppress(Exception), sessions.begin() as session:
+            unmark_published(session, batch_id, now)
+        return SubmitResult(batch_id, len(specs), len(units), False,
+                            f"{type(exc).__name__}: {exc}", len(found.reused))
+    return SubmitResult(batch_id, len(specs), len(units), True, reused=len(found.reused))
 
 
 @dataclass(frozen=True)
@@ -334,17 +288,6 @@ def retry_failed_jobs(sessions: sessionmaker[Session], publish: Publisher, job_f
     if n:
         publish_due(sessions, publish, unit_size=unit_size, republish_after_s=republish_after_s)
     return n
-
-
-def _estimate_rows(session: Session, catalog: Catalog, rows: list[dict[str, Any]]) -> None:
-    from jobs.estimates import job_cost, rates
-
-    keys = {(r["batch_key"], r["kind"], r["model"]) for r in rows}
-    rate = {key: seconds for key, (seconds, _) in rates(session, catalog, keys).items()}
-    for r in rows:
-        seconds = rate[r["batch_key"]]
-        r["estimate_seconds"] = 0.0 if seconds is None else seconds * job_cost(
-            catalog, r["kind"], r["params"])
 
 
 def pause_jobs(sessions: sessionmaker[Session], job_filter: Any) -> int:
