@@ -72,6 +72,7 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
         if not served:
             raise click.ClickException("this machine can load none of the models")
     click.echo(f"serving models: {', '.join(served)}", err=True)
+    torch_threads_sleep()
     app = make_app(settings, models=served)
     argv = ["worker", "-Q", queues or ",".join(catalog.queues(served)), "-c", str(concurrency),
             "-P", pool,
@@ -81,6 +82,18 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
     if max_memory_per_child:
         argv += ["--max-memory-per-child", str(max_memory_per_child)]
     app.worker_main(argv)
+
+
+def torch_threads_sleep() -> None:
+    """Torch's CPU threads (OpenMP) sleep while they wait instead of spinning, unless the
+    environment says otherwise (OMP_WAIT_POLICY): set before the pool processes import torch,
+    which reads it once.
+
+    A spinning thread holds a core that the pass's other threads, the uploads, the database and
+    the broker need: on 2 shared cores a float64 pass of one 128x128 image took 250 to 410 ms
+    spinning and 50 to 130 ms sleeping, a pass of 4 1.1 to 1.3 s against 0.45 to 0.6 s, a pass
+    of 16 no longer (benchmarks/latency.py shows an idle worker's passes as device_ms)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @click.command()
@@ -99,6 +112,7 @@ def demo(settings: Settings, project: str) -> None:
     click.echo(printable(f"database: {redact(url)}\nbroker:   {redact(settings.resolved_broker_url())}\n"
                          f"storage:  {settings.resolved_storage_url()}", multiline=True))
     upgrade(url)
+    torch_threads_sleep()
     catalog = load_catalog(settings)
     family = next((catalog.family(m) for m in catalog.models if catalog.family(m).demo), None)
     if family is None:

@@ -176,37 +176,45 @@ def batch_outputs(session: Session, batch_id: str) -> list[tuple[str, int, Outpu
 
 def manifest_lines(session: Session, batch_id: str) -> bytes:
     """The batch manifest: one JSON line per job with params, status, outputs and checksums."""
-    outputs: dict[str, list[dict[str, Any]]] = {}
-    for job_id, _, out in batch_outputs(session, batch_id):
-        outputs.setdefault(job_id, []).append(
-            {"name": out.name, "key": out.key, "sha256": out.sha256, "bytes": out.bytes,
-             "content_type": out.content_type})
-    lines = []
-    for job in session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.index)):
+    return _manifest(session, batch_id)[0]
+
+
+def _manifest(session: Session, batch_id: str) -> tuple[bytes, dict[str, int]]:
+    """The manifest and the jobs per state, from one query (jobs joined to their outputs)."""
+    rows = session.execute(
+        select(Job, Output).outerjoin(Output, Output.job_id == Job.id)
+        .where(Job.batch_id == batch_id).order_by(Job.index, Output.name))
+    jobs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
+    for job, out in rows:
+        outputs = jobs.setdefault(job.id, (job, []))[1]
+        if out is not None:
+            outputs.append({"name": out.name, "key": out.key, "sha256": out.sha256,
+                            "bytes": out.bytes, "content_type": out.content_type})
+    lines: list[str] = []
+    counts: dict[str, int] = {}
+    for job, outputs in jobs.values():
+        counts[str(job.status)] = counts.get(str(job.status), 0) + 1
         lines.append(json.dumps({
             "job_id": job.id, "index": job.index, "kind": job.kind, "params": job.params,
             "status": job.status, "attempts": job.attempt, "error": job.error,
-            "device_seconds": round(job.device_seconds, 4), "outputs": outputs.get(job.id, []),
+            "device_seconds": round(job.device_seconds, 4), "outputs": outputs,
             "reused_from": job.reused_from,
         }, sort_keys=True))
-    return ("\n".join(lines) + "\n").encode()
+    return ("\n".join(lines) + "\n").encode(), counts
 
 
 def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str) -> str | None:
     """If every job of the batch is finished, write its manifest and close it; returns the new status."""
     with session_factory() as session:
-        # the cheap test first (every finished unit asks it): is any job left? LIMIT 1, not a count
-        unfinished = session.scalar(select(Job.id).where(
-            Job.batch_id == batch_id, Job.status.notin_(sorted(TERMINAL)))
-            .limit(1))
-        if unfinished is not None:
+        # the cheap test first (every finished unit asks it): the open batch, if no job of it is
+        # left (a NOT EXISTS that stops at the first one, not a count)
+        left = select(Job.id).where(Job.batch_id == batch_id,
+                                    Job.status.notin_(sorted(TERMINAL))).exists()
+        project = session.scalar(select(Batch.project).where(
+            Batch.id == batch_id, Batch.finished_at.is_(None), ~left))
+        if project is None:
             return None
-        batch = session.get(Batch, batch_id)
-        if batch is None or batch.finished_at is not None:
-            return None
-        counts = count_by_status(session, batch_id)
-        body = manifest_lines(session, batch_id)
-        project = batch.project
+        body, counts = _manifest(session, batch_id)
     if counts.get(JobStatus.CANCELLED, 0):
         status = BatchStatus.CANCELLED
     elif counts.get(JobStatus.FAILED, 0):
@@ -215,16 +223,15 @@ def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str
         status = BatchStatus.SUCCEEDED
     key = writer.write_batch_manifest(project, batch_id, body)
     with session_factory.begin() as session:
-        changed = session.execute(
+        batch = session.scalar(
             update(Batch).where(Batch.id == batch_id, Batch.finished_at.is_(None))
-            .values(status=status, finished_at=utcnow(), manifest_key=key)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed:  # this call finished it: one webhook delivery, in the same transaction
+            .values(status=status, finished_at=utcnow(), manifest_key=key).returning(Batch)
+            .execution_options(synchronize_session=False))
+        if batch is not None:  # this call finished it: one webhook delivery, in the same transaction
             from jobs.webhooks import enqueue_finished  # (jobs.webhooks imports this module)
 
-            enqueue_finished(session, session.get_one(Batch, batch_id))
-    return status.value if changed else None
+            enqueue_finished(session, batch)
+    return status.value if batch is not None else None
 
 
 def open_batches(session: Session, limit: int = 1000) -> list[str]:

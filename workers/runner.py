@@ -20,6 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from jobs import lifecycle
 from jobs.batches import finalize_if_done
@@ -76,9 +77,18 @@ class UnitReport:
     requeued: int = 0
     skipped: int = 0
     batches_finished: list[str] = field(default_factory=list)
+    # milliseconds per phase, for the unit's log line (where a unit's time beyond its passes
+    # goes): claim, fill, run, finalize, release; within run: passes, uploads, record
+    ms: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    def lap(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` (perf_counter) to ``phase``; returns now."""
+        now = time.perf_counter()
+        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - since) * 1000, 1)
+        return now
 
 
 class Runtime:
@@ -151,19 +161,30 @@ class Runtime:
         s = self.settings
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
         report = UnitReport()
+        t = time.perf_counter()
+        # one transaction for the claim, its top-up and the projects: each transaction costs a
+        # checkout (with its ping), a commit and the session's own work, which an idle worker's
+        # one job waits for
         with self.sessions.begin() as session:
-            claimed = (lifecycle.claim_next(session, queue, max(len(job_ids), 1), owner,
-                                            s.lease_seconds) if queue
-                       else lifecycle.claim(session, job_ids, owner, s.lease_seconds))
+            if queue:
+                limit = max(len(job_ids), 1)
+                claimed = lifecycle.claim_next(session, queue, limit, owner, s.lease_seconds)
+                # short of the limit: every key it took ran out, its first one too
+                exhausted = len(claimed) < limit
+            else:
+                claimed = lifecycle.claim(session, job_ids, owner, s.lease_seconds)
+                exhausted = False
             if claimed:  # from now on, this unit pulses (see _heartbeat)
                 lifecycle.pulse_start(session, owner)
-        if claimed:
+            t = report.lap("claim", t)
             # top up the last forward pass with queued jobs of the same key from any batch
             short = (-len(claimed)) % s.max_batch
-            if short:
-                with self.sessions.begin() as session:
-                    claimed += lifecycle.fill(session, claimed[0].batch_key, short, owner,
-                                              s.lease_seconds)
+            if claimed and short and not exhausted:
+                claimed += lifecycle.fill(session, claimed[0].batch_key, short, owner,
+                                          s.lease_seconds)
+                t = report.lap("fill", t)
+            projects = self._projects({c.batch_id for c in claimed}, session)
+        t = report.lap("claim", t)
         report.claimed = len(claimed)
         self._attempts = {c.id: (c.attempt, c.max_attempts) for c in claimed}
         asked = set(job_ids)
@@ -174,7 +195,7 @@ class Runtime:
         beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
         beat.start()
         try:
-            self._run_claimed(owner, claimed, report)
+            self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
             held = self._still_held(owner, claimed)
             log.warning("unit time limit: %d jobs left, each will retry", len(held))
@@ -184,11 +205,14 @@ class Runtime:
             stop.set()
             beat.join(timeout=5)
             self._end_pulse(owner)
+        t = report.lap("run", t)
         for batch_id in sorted({c.batch_id for c in claimed}):
             status = finalize_if_done(self.sessions, self.storage, batch_id)
             if status:
                 report.batches_finished.append(batch_id)
+        t = report.lap("finalize", t)
         self._release_waiting()
+        report.lap("release", t)
         return report
 
     def _release_waiting(self) -> None:
@@ -226,16 +250,18 @@ class Runtime:
         except Exception:  # noqa: BLE001 - a stale pulse of a finished unit ends nothing
             log.warning("could not end the pulse of %s", owner, exc_info=True)
 
-    def _run_claimed(self, owner: str, claimed: list[ClaimedJob], report: UnitReport) -> None:
+    def _run_claimed(self, owner: str, claimed: list[ClaimedJob], projects: dict[str, str],
+                     report: UnitReport) -> None:
         by_key: dict[str, list[ClaimedJob]] = {}
         for job in claimed:
             by_key.setdefault(job.batch_key, []).append(job)
-        projects = self._projects({j.batch_id for j in claimed})
         pending: list[tuple[list[ClaimedJob], list[Any], float, bool]] = []
         for key, jobs in by_key.items():
             done = 0
             while done < len(jobs):
-                size = self._pass_size(jobs[0])
+                # one job left: its pass holds it alone whatever the size (asking costs an idle
+                # worker's job a read of pass_sizes while its key is unmeasured)
+                size = self._pass_size(jobs[0]) if len(jobs) - done > 1 else 1
                 chunk = jobs[done : done + size]
                 done += len(chunk)
                 if self.draining is not None and self.draining.is_set():
@@ -295,7 +321,7 @@ class Runtime:
             # time is real, but no guide to the steady rate that estimates need
             steady = self._last_pass is not None and t0 - self._last_pass < IDLE_S
             results = fam.run([self._context(owner, j, projects[j.batch_id]) for j in chunk])
-            self._last_pass = time.perf_counter()
+            self._last_pass = report.lap("passes", t0)
             share = (self._last_pass - t0) / len(chunk)
             if steady and self._measures_passes(chunk[0]):
                 self.passes.observe(key, len(chunk), self._last_pass - t0, self._largest(key))
@@ -358,6 +384,7 @@ class Runtime:
 
     def _finish(self, owner: str, chunk: list[ClaimedJob], futures: list[list[Future[OutputRecord]]],
                 share: float, steady: bool, report: UnitReport) -> None:
+        t = time.perf_counter()
         results = []
         for job, outs in zip(chunk, futures, strict=True):
             try:
@@ -365,6 +392,7 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - one job's upload failing fails that job only
                 results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
                                          device_seconds=share))
+        report.lap("uploads", t)  # what the pass did not hide of encoding and uploading
         first = chunk[0]
         if first.batch_key not in self.warm or not steady:  # a key's first pass pays one-time
             self.warm.add(first.batch_key)                  # costs (caches, allocations)
@@ -381,10 +409,12 @@ class Runtime:
                 throughput: tuple[str, str, int, float, float] | None = None) -> None:
         """Record outcomes, and with ``throughput`` (batch key, device, jobs, units, seconds)
         the pass they came from, for estimates: one transaction."""
+        t = time.perf_counter()
         with self.sessions.begin() as session:
             ok, failed, requeued = lifecycle.record(session, owner, results)
             if throughput is not None:
                 record_pass(session, *throughput)
+        report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)
         report.requeued += len(requeued)
@@ -429,13 +459,11 @@ class Runtime:
                 Job.status == JobStatus.RUNNING)))
         return [j for j in chunk if j.id in held]
 
-    def _projects(self, batch_ids: set[str]) -> dict[str, str]:
+    def _projects(self, batch_ids: set[str], session: Session) -> dict[str, str]:
         missing = batch_ids - self._project_of.keys()
         if missing:
-            with self.sessions() as session:
-                rows = session.execute(
-                    select(Batch.id, Batch.project).where(Batch.id.in_(missing)))
-                self._project_of.update({b: p for b, p in rows})
+            rows = session.execute(select(Batch.id, Batch.project).where(Batch.id.in_(missing)))
+            self._project_of.update({b: p for b, p in rows})
         return self._project_of
 
 

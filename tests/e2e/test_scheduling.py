@@ -38,9 +38,11 @@ def test_a_high_priority_batch_sent_behind_a_big_low_one_starts_at_the_next_unit
     db = Db(pg_url)
     workers.start(env, *ONE)
     db.wait(low, workers, until=lambda d: d.counts(low).get("succeeded", 0) >= 32)
-    sent = utcnow()
     high = submit(env, tmp_path, generate(10, 500, first=10_000))
     db.wait(high, workers)
+    # when the high batch came in: its rows' time, not the CLI's start (while the CLI starts,
+    # a fast worker runs several more low units)
+    sent = db.finished(high).created_at  # type: ignore[union-attr]
     first_high = claims(db, high)[0]
     high_done = db.finished(high).finished_at  # type: ignore[union-attr]
     low_claims = claims(db, low)
@@ -49,10 +51,11 @@ def test_a_high_priority_batch_sent_behind_a_big_low_one_starts_at_the_next_unit
     between = [t for t in low_claims if sent <= t < first_high]
     assert len(between) <= 64, len(between)
     ran_meanwhile = [t for t in low_claims if sent <= t <= high_done]
+    unclaimed_then = 640 - len([t for t in low_claims if t < sent])
     left = 640 - len([t for t in low_claims if t <= high_done])
     print(f"high batch done; low jobs claimed meanwhile {len(ran_meanwhile)}, "
           f"claimed before its first claim {len(between)}, still waiting {left}")
-    assert left >= 640 - 32 - 2 * 64 - 64, left  # it did not wait for the low batch
+    assert left >= unclaimed_then - 2 * 64 - 64, left  # it did not wait for the low batch
     db.wait(low, workers)
     assert db.counts(low) == {"succeeded": 640} and db.counts(high) == {"succeeded": 10}
     db.close()
@@ -66,16 +69,18 @@ def test_aging_runs_a_low_job_while_higher_ones_keep_coming(
                    GENFARM_PRIORITY_AGING_SECONDS="0.005")
     upgrade(pg_url)
     db = Db(pg_url)
-    stream = [submit(env, tmp_path, generate(256, 1000, first=10_000))]
+    # deep enough that a fast worker never empties it between two submissions (each CLI run
+    # takes a second or two): the low job must run by its rank, not on an empty queue
+    stream = [submit(env, tmp_path, generate(1024, 1000, first=10_000))]
     low = submit(env, tmp_path, {"kind": "generate", "seed": 1, "width": 64, "height": 64,
                                  "priority": -1000})
     workers.start(env, *ONE)
     deadline = time.monotonic() + 180
     while db.finished(low) is None:  # keep the queue full of work at 1000
         assert time.monotonic() < deadline, workers.logs()
-        if sum(db.counts(b).get("queued", 0) for b in stream) < 200:
-            stream.append(submit(env, tmp_path, generate(256, 1000,
-                                                         first=10_000 + 256 * len(stream))))
+        if sum(db.counts(b).get("queued", 0) for b in stream) < 600:
+            stream.append(submit(env, tmp_path, generate(1024, 1000,
+                                                         first=10_000 + 1024 * len(stream))))
         time.sleep(0.25)
     ran = claims(db, low)[0]
     # high jobs submitted before it ran that still waited for it: aging, not an empty queue
@@ -115,7 +120,8 @@ def test_pause_holds_queued_jobs_and_resume_runs_them(
         tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
     env = farm_env(tmp_path, pg_url, redis_url, (tmp_path / "out").as_uri())
     upgrade(pg_url)
-    batch = submit(env, tmp_path, generate(160, 0))
+    # enough jobs that some are still queued when `genfarm pause` has started (a unit is 64)
+    batch = submit(env, tmp_path, generate(480, 0))
     db = Db(pg_url)
     workers.start(env, *ONE)
     db.wait(batch, workers, until=lambda d: d.counts(batch).get("succeeded", 0) >= 16)
@@ -134,7 +140,7 @@ def test_pause_holds_queued_jobs_and_resume_runs_them(
     resumed = run_cli("resume", batch, env=env)
     assert resumed.returncode == 0 and f"resumed {held}" in resumed.stdout, resumed.stderr
     db.wait(batch, workers)
-    assert db.counts(batch) == {"succeeded": 160}
+    assert db.counts(batch) == {"succeeded": 480}
     db.close()
 
 
