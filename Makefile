@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch, pinned: an open range may pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[worker,ops,dev,diffusers]'
+	$(BIN)/pip install -q -e '.[worker,ops,dev,diffusers,timeline]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,6 +12,7 @@ from api.guards import BodyLimit, refuse_nul
 from api.metrics import FarmCollector, queue_depths
 from api.ratelimit import RateLimiter
 from api.routes import batch_jobs, batches, health, jobs, sheets, uploads, usage, webhooks
+from api.routes import timeline as timeline_routes
 from jobs import __version__
 from jobs.catalog import load_catalog
 from jobs.db import make_engine, session_factory
@@ -45,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     farm.metrics.register(FarmCollector(sessions, lambda: queue_depths(settings, catalog)))
     app.state.farm, app.state.sessions, app.state.engine = farm, sessions, engine
     for router in (batches.router, batch_jobs.router, jobs.router, usage.router, health.router,
-                   sheets.router, uploads.router, webhooks.router):
+                   sheets.router, uploads.router, webhooks.router, timeline_routes.router):
         app.include_router(router)
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)

@@ -422,6 +422,7 @@ from cli import models as _models  # noqa: E402
 from cli import pull as _pull  # noqa: E402
 from cli import serve as _serve  # noqa: E402
 from cli import sheet as _sheet  # noqa: E402
+from cli import timeline as _timeline  # noqa: E402
 from cli import upload as _upload  # noqa: E402
 from cli import usage as _usage  # noqa: E402
 from cli import webhooks as _webhooks  # noqa: E402
@@ -437,6 +438,7 @@ _jobview.register(cli)
 _serve.register(cli)
 _upload.register(cli)
 _webhooks.register(cli)
+_timeline.register(cli)
 
 
 def main() -> None:

@@ -27,14 +27,19 @@ BUILTIN_FIELDS = ("index", "job", "batch", "kind", "model", "output", "ext")
               "'{prompt}/{seed:04d}'; '/' makes folders. Also {index}, {job}, {kind}, "
               "{model}, {output} (the output's name) and {ext}; the extension is added "
               "unless the template has {ext}.")
+@click.option("--sources/--no-sources", "with_sources", default=True, show_default=True,
+              help="Also fetch what the batch's jobs read from storage (the music a beat-cut "
+              "video was cut to), into DEST/sources/<its key in the project>: the folder "
+              "`genfarm timeline` exports point into.")
 @settings_options
 @friendly_errors
-def pull(settings: Settings, batch: str, dest: Path, template: str | None) -> None:
+def pull(settings: Settings, batch: str, dest: Path, template: str | None,
+         with_sources: bool) -> None:
     """Download every output of BATCH into DEST, verifying each sha256.
 
     \b
-    Files land at DEST/<job index>-<job id>/<name>, plus DEST/manifest.jsonl;
-    with --name, at DEST/<the template filled in>:
+    Files land at DEST/<job index>-<job id>/<name>, plus DEST/manifest.jsonl and the
+    sources (audio) under DEST/sources/; with --name, at DEST/<the template filled in>:
       genfarm pull 3f2a9c ./review --name '{seed}_{yaw}'   # 7_30.0.png, 7_45.0.png ...
     Two jobs that would get the same name are refused before anything is fetched.
     Files already present with the right checksum are skipped.
@@ -44,6 +49,7 @@ def pull(settings: Settings, batch: str, dest: Path, template: str | None) -> No
     from jobs.batches import batch_outputs, manifest_lines, resolve_batch
     from jobs.db import make_engine, session_factory
     from jobs.models import Job
+    from jobs.timeline import batch_sources
     from storage import open_storage
 
     sessions = session_factory(make_engine(settings.resolved_database_url()))
@@ -54,32 +60,43 @@ def pull(settings: Settings, batch: str, dest: Path, template: str | None) -> No
         manifest = manifest_lines(session, b.id)
         jobs = {j.id: j for j in session.query(Job).filter(Job.batch_id == b.id)} \
             if template else {}
+        sources = batch_sources(session, storage, b.id) if with_sources else []
     paths = (named_paths(template, b.id, outputs, jobs) if template
              else default_paths(outputs))
+    wanted: list[tuple[str, str | None, PurePosixPath]] = [
+        (out.key, out.sha256, rel) for (_, _, out), rel in zip(outputs, paths, strict=True)]
+    taken = {rel for _, _, rel in wanted}
+    for src in sources:
+        if src.path in taken:
+            raise Refused(f"--name {template!r} gives {str(src.path)!r}, where the source "
+                          f"{src.key} goes; pick another template, or --no-sources")
+        wanted.append((src.key, src.sha256, src.path))
     dest.mkdir(parents=True, exist_ok=True)
     fetched = skipped = 0
-    for (_, _, out), rel in tqdm(list(zip(outputs, paths, strict=True)), unit="file",
-                                 file=sys.stderr, dynamic_ncols=True, disable=None):
+    for key, sha256, rel in tqdm(wanted, unit="file", file=sys.stderr, dynamic_ncols=True,
+                                 disable=None):
         path = dest.joinpath(*rel.parts)
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == out.sha256:
+        if sha256 and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
             skipped += 1
             continue
-        data = storage.get(out.key, sha256=out.sha256)
+        data = storage.get(key, sha256=sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
         tmp.replace(path)
         fetched += 1
     (dest / "manifest.jsonl").write_bytes(manifest)
-    click.echo(printable(f"{fetched} downloaded, {skipped} already present, all sha256 verified "
-                         f"-> {dest}"))
+    unchecked = sum(1 for src in sources if not src.sha256)
+    said = f" ({len(outputs)} outputs, {len(sources)} sources)" if sources else ""
+    click.echo(printable(f"{fetched} downloaded, {skipped} already present{said}, all sha256 "
+                         "verified" + (f" ({unchecked} sources have none recorded)"
+                                       if unchecked else "") + f" -> {dest}"))
 
 
 def default_paths(outputs: list[tuple[str, int, Any]]) -> list[PurePosixPath]:
-    from storage.keys import safe_part
+    from jobs.timeline import pulled_path
 
-    return [PurePosixPath(f"{index:06d}-{safe_part(job_id)}", safe_part(out.name))
-            for job_id, index, out in outputs]
+    return [pulled_path(index, job_id, out.name) for job_id, index, out in outputs]
 
 
 def named_paths(template: str, batch_id: str, outputs: list[tuple[str, int, Any]],

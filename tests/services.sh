@@ -43,3 +43,11 @@ if ! pg_up; then
   pg_up || echo "warning: PostgreSQL is not running and could not be started (apt-get install postgresql)"
 fi
 exit 0
+
+# melt (MLT's renderer) checks that an exported MLT timeline cuts where genfarm's MP4 does;
+# installed from Debian where this shell may (the test is skipped without it)
+if ! command -v melt >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing melt (apt-get install melt)"
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q melt >"$state/melt.log" 2>&1 \
+    || echo "warning: melt could not be installed (see $state/melt.log)"
+fi
