@@ -416,6 +416,7 @@ def reconcile(settings: Settings, loop: bool) -> None:
         time.sleep(settings.reconcile_interval)
 
 
+from cli import audio as _audio  # noqa: E402
 from cli import jobview as _jobview  # noqa: E402
 from cli import manage as _manage  # noqa: E402
 from cli import models as _models  # noqa: E402
@@ -438,6 +439,7 @@ _jobview.register(cli)
 _serve.register(cli)
 _upload.register(cli)
 _webhooks.register(cli)
+_audio.register(cli)
 _timeline.register(cli)
 
 

@@ -12,6 +12,7 @@ GENERATE = KindSpec("generate", "new images from a model (seed, size; prompt or 
 EDIT = KindSpec("edit", "edits of a generated or stored image (op: which edit)")
 VIDEO = KindSpec("video", "MP4 videos (mode: orbit | interpolate | beats)", long=True)
 NOOP = KindSpec("noop", "no model, a tiny output: smoke tests and overhead measurement")
+AUDIO = KindSpec("audio", "audio structure: beats, bars, tempo map, sections, energy (JSON)")
 
 # Fields every manifest line may carry, whatever its kind.
 COMMON_FIELDS = {"kind", "priority", "max_attempts", "count", "after"}

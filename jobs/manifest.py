@@ -33,7 +33,15 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
 from jobs.kinds import COMMON_FIELDS
-from jobs.registry import GeneratedRef, Params, SourceRef, has_refs, select_schema, storage_refs
+from jobs.registry import (
+    GeneratedRef,
+    JobOutputRef,
+    Params,
+    SourceRef,
+    has_refs,
+    select_schema,
+    storage_refs,
+)
 
 MAX_JOBS = 100_000
 CHECK_JOBS = 1_000  # once a manifest has an error, each line is checked on this many more jobs
@@ -489,7 +497,7 @@ class _Line:
         refs: list[tuple[str, _Seen]] = []
         if not has_refs(self.schema):
             return refs
-        for path, ref, _ref_type in storage_refs(template, self.schema):
+        for path, ref, ref_type in storage_refs(template, self.schema):
             if "line" not in ref:
                 continue
             target_no = ref["line"]
@@ -502,6 +510,14 @@ class _Line:
                                   "manifest")
             elif target.errors:
                 self._error(path, f"line {target_no} has errors")
+            elif issubclass(ref_type, JobOutputRef):  # an output of that line: wait for it
+                if target.kind != ref_type.of_kind or target.size != 1:
+                    self._error(path, f"line {target_no} holds {target.size} {target.kind} "
+                                      f"job(s); this takes the {ref_type.output} of one "
+                                      f"{ref_type.of_kind} job")
+                else:
+                    refs.append((path, target))
+                    self.after = tuple(dict.fromkeys((*self.after, target_no)))
             elif self.family.generated_kind is None:
                 self._error(path, f"the {self.family.name} family does not recompute sources "
                                   "from a line: reference a succeeded job or a stored key")

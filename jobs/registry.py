@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -74,6 +74,22 @@ class AudioRef(SourceRef):
     def _stored(self) -> AudioRef:
         if self.key is None:
             raise ValueError("audio comes from storage: give {\"key\": \"path/in/project.wav\"}")
+        return self
+
+
+class JobOutputRef(SourceRef):
+    """One named output of a job of one kind (``of_kind``, ``output``: set by each subclass): a
+    succeeded job of this project, or a line of the same manifest, which the job then waits
+    for (as with ``after``). A family declares a subclass per output it reads."""
+
+    of_kind: ClassVar[str] = ""
+    output: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _of_a_job(self) -> JobOutputRef:
+        if self.key is not None:
+            raise ValueError(f"this takes the {self.output} of {self.of_kind} jobs: give "
+                             "{\"line\": N} or {\"job\": ID}")
         return self
 
 

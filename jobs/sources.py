@@ -18,6 +18,7 @@ from jobs.models import Batch, Job, Output
 from jobs.registry import (
     AudioRef,
     GeneratedRef,
+    JobOutputRef,
     SourceRef,
     has_refs,
     select_schema,
@@ -136,6 +137,8 @@ class _Resolver:
             return f"source job {job_id} does not exist in this project"
         if row.status != "succeeded":
             return f"source job {job_id} has not succeeded (it is {row.status})"
+        if issubclass(ref_type, JobOutputRef):
+            return self._output(row, ref_type, found)
         if issubclass(ref_type, GeneratedRef):
             if generated is None or row.kind != generated or row.model != model:
                 return (f"source job {job_id} is a {row.kind} job of model {row.model}; this "
@@ -149,6 +152,17 @@ class _Resolver:
             found["key"], found["sha256"] = image.key, image.sha256
         elif "params" not in found:
             return f"source job {job_id} has no image output"
+        return None
+
+    def _output(self, row: Job, ref_type: type[JobOutputRef], found: dict[str, Any]) -> str | None:
+        if row.kind != ref_type.of_kind:
+            return (f"source job {row.id} is a {row.kind} job; this takes the "
+                    f"{ref_type.output} of {ref_type.of_kind} jobs")
+        out = self.session.scalar(select(Output).where(Output.job_id == row.id,
+                                                       Output.name == ref_type.output))
+        if out is None:
+            return f"source job {row.id} has no {ref_type.output} output"
+        found["key"], found["sha256"] = out.key, out.sha256
         return None
 
     def _key(self, key: str, ref_type: type[SourceRef], found: dict[str, Any]) -> str | None:

@@ -1,14 +1,15 @@
 """The built-in ``aether`` family: a 3D-aware triplane generator. Its kinds: generate (seed,
 size, truncation, camera), edit (latent directions, style mixing, camera re-render, image
-operations) and video (orbit, interpolation, cuts on beats). Torch-free: the worker side is
-``workers.families.aether``."""
+operations) and video (orbit, interpolation, cuts on the music's beat grid). Torch-free: the
+worker side is ``workers.families.aether``."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.families.audio import StructureRef
 from jobs.registry import (
     AudioRef,
     FamilySpec,
@@ -20,6 +21,7 @@ from jobs.registry import (
 )
 
 MAX_SIDE = 1024
+CUT_EVERY = ("beat", "bar", "2bars", "4bars")  # beats videos: the cut grid, in bars
 
 
 class Camera(Params):
@@ -130,8 +132,35 @@ class Video(Camera):
     yaw_from: float = Field(-180.0, ge=-720, le=720, description="orbit: first yaw.")
     yaw_to: float = Field(180.0, ge=-720, le=720, description="orbit: last yaw.")
     audio: AudioRef | None = Field(None, description="beats: an audio file in storage.")
-    on_beat: Literal["cut", "move"] = Field("cut", description="beats: cut to a new seed, or turn.")
+    on_beat: Literal["cut", "move"] = Field(
+        "cut", description="beats: cut to another look, or only turn the camera.")
+    cut_every: str | dict[str, str] | None = Field(
+        None, description="beats: cut every beat, bar, 2bars or 4bars; or per section label, "
+        "e.g. {\"A\": \"bar\", \"B\": \"beat\"} (labels not named: beat) [default: beat].")
+    look: Literal["section", "cut"] | None = Field(
+        None, description="beats: section = one look per section label, each cut turns the "
+        "camera (a chorus looks like the other choruses); cut = a new seed at every cut "
+        "[default: section].")
+    structure: StructureRef | None = Field(
+        None, description="beats: the music's structure from an audio job ({\"line\": N} or "
+        "{\"job\": ID}) [default: analyse the audio here].")
     chunk_frames: int = Field(48, ge=4, le=512, description="Frames per resumable chunk.")
+
+    @field_validator("cut_every", mode="before")
+    @classmethod
+    def _cut_rule(cls, value: Any) -> Any:
+        rules = ", ".join(CUT_EVERY)
+        if value is None or (isinstance(value, str) and value in CUT_EVERY):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected one of {rules}, or {{\"LABEL\": rule}} per section "
+                             f"label; got {value!r}"[:200])
+        for label, rule in value.items():
+            if not 1 <= len(label) <= 8 or not label.isalnum():
+                raise ValueError(f"section labels are 1 to 8 letters or digits, got {label!r}")
+            if not isinstance(rule, str) or rule not in CUT_EVERY:
+                raise ValueError(f"section {label}: expected one of {rules}, got {rule!r}"[:200])
+        return value
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Video:
@@ -141,6 +170,10 @@ class Video(Camera):
             raise ValueError(f"{self.mode} needs a seed or a source")
         if self.mode == "beats" and self.audio is None:
             raise ValueError("beats needs audio: {\"key\": \"path/in/project.wav\"}")
+        if self.mode != "beats":
+            given = [n for n in ("cut_every", "look", "structure") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for mode beats")
         return self
 
 

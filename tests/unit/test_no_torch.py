@@ -32,3 +32,5 @@ def test_help_status_and_submit_do_not_import_torch(tmp_path: Path) -> None:
     run_check(["status", "--data-dir", data], 0, tmp_path)
     run_check(["kinds"], 0, tmp_path)
     run_check(["models"], 0, tmp_path)
+    run_check(["audio", "analyse", "--help"], 0, tmp_path)
+    run_check(["audio", "analyse", "in/none.wav", "-p", "p", "--data-dir", data], 2, tmp_path)

@@ -41,14 +41,34 @@ def docstrings(tree: ast.AST) -> set[int]:
 MEDIA_TYPE = re.compile(r"(application|audio|image|text|video)/[a-z0-9.+%-]*")
 
 
-def hard_coded(path: Path, names: dict[str, set[Path]]) -> list[str]:
+def field_keys(tree: ast.AST, fields: set[str]) -> set[int]:
+    """ids of the strings that read or write a parameter field by name (``params["audio"]``,
+    ``params.get("audio")``, ``{"audio": ...}``) where that name is a field of some kind's
+    schema: a kind may share its name with another kind's field (``audio``)."""
+    out = set()
+    for node in ast.walk(tree):
+        keys: list[ast.expr | None] = []
+        if isinstance(node, ast.Subscript):
+            keys = [node.slice]
+        elif isinstance(node, ast.Dict):
+            keys = list(node.keys)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("get", "pop", "setdefault") and node.args):
+            keys = [node.args[0]]
+        out |= {id(k) for k in keys if isinstance(k, ast.Constant) and k.value in fields}
+    return out
+
+
+def hard_coded(path: Path, names: dict[str, set[Path]], fields: set[str] | None = None,
+               ) -> list[str]:
     """Every string in ``path``'s code that holds one of ``names`` as a word, whole
     (``"video"``) or composed (``"aether.long"``, an f-string's ``f"{x}-noop"``), unless ``path``
     is one of that name's own modules. Prose is not code: docstrings, and the help texts and
-    messages that explain genfarm in words (strings with a space), may name the built-ins; and
-    a media type (``video/mp4``, ``video/%``) names a format, not a kind."""
+    messages that explain genfarm in words (strings with a space), may name the built-ins; a
+    media type (``video/mp4``, ``video/%``) names a format, not a kind; and a key that is one of
+    ``fields`` (a schema's field names) names that field."""
     tree = ast.parse(path.read_text(), str(path))
-    skip = docstrings(tree)
+    skip = docstrings(tree) | field_keys(tree, fields or set())
     words = {name: re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])")
              for name in names}
     found = []
@@ -75,10 +95,14 @@ def test_no_kind_family_or_model_name_is_written_outside_its_own_module() -> Non
     for fam_name, fam in reg.families.items():  # a family may name the kinds it serves
         for kind in fam.kinds:
             names[kind] |= own_modules(fam_name)
+    from jobs.registry import schema_models
+
+    fields = {name for fam in reg.families.values() for schema in fam.kinds.values()
+              for model in schema_models(schema) for name in model.model_fields}
     offenders = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            offenders += hard_coded(path, names)
+            offenders += hard_coded(path, names, fields)
     assert not offenders, "names hard-coded outside their own module:\n" + "\n".join(offenders)
 
 
@@ -94,12 +118,16 @@ def test_the_check_would_find_a_hard_coded_name(tmp_path: Path) -> None:
     found = [line.split(": ", 1)[1] for line in hard_coded(mod, names)]
     assert sorted(found) == sorted(["'video'", "'aether.long'", "'-noop'"]), found
     assert hard_coded(mod, {"aether": {mod}}) == []  # in its own module, allowed
+    mod.write_text('def f(params):\n'
+                   '    return params["audio"], params.get("audio"), {"audio": 1}, "audio"\n')
+    found = [line.split(": ", 1)[1] for line in hard_coded(mod, {"audio": set()}, {"audio"})]
+    assert found == ["'audio'"], found  # the field read by name is not the kind; the last is
 
 
 def test_built_ins_are_registered_like_plugins() -> None:
     reg = registry()
-    assert {"generate", "edit", "video", "noop"} <= set(reg.kinds)
-    assert {"aether", "noop"} <= set(reg.families)
+    assert {"generate", "edit", "video", "noop", "audio"} <= set(reg.kinds)
+    assert {"aether", "noop", "audio"} <= set(reg.families)
     for fam in reg.families.values():
         assert ":" in fam.worker and fam.kinds
         for kind in fam.kinds:

@@ -1,13 +1,19 @@
-"""The video kind: orbits, interpolations and beat-synced cuts, encoded to H.264 MP4 (PyAV).
+"""The video kind: orbits, interpolations and cuts on the music's grid, encoded to H.264 MP4
+(PyAV).
 
 Frames render in batches, chunk by chunk; each finished chunk is stored beside the job's
 output, so a crashed or handed-back video resumes from its last finished chunk instead of
-frame 0. The chunks are deleted once the MP4 is stored.
+frame 0. The chunks are deleted once the MP4 is stored. A beats video cuts on the structure of
+its music (``workers.audio``: analysed here, or an audio job's ``structure.json``), as
+``cuts.py`` plans, and stores ``cuts.json`` beside the MP4 (and ``structure.json`` when it
+analysed the music itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 from fractions import Fraction
 from typing import Any
@@ -16,11 +22,15 @@ import av
 import numpy as np
 import torch
 
+from jobs.families.audio import STRUCTURE
 from storage.provenance import s3_metadata
+from workers.audio import analyse, decode
+from workers.families.aether import cuts
 from workers.families.aether.generate import AetherBase
-from workers.family import Artifact, JobContext, PermanentError, Result
+from workers.family import Artifact, JobContext, PermanentError, Result, constant
 
-BEAT_TURN_DEG = 35.0  # on_beat="move": the camera turns this far on each beat
+VARIATION = 1.0  # look "section": how far each cut moves the latent (a default latent edit: 3)
+SIDECAR = "cuts.json"
 
 
 class VideoOps(AetherBase):
@@ -30,15 +40,22 @@ class VideoOps(AetherBase):
 
     def _video(self, ctx: JobContext) -> list[Artifact]:
         job = ctx.params
-        audio = None
+        audio, extra, segments, beats = None, [], None, []
         if job["mode"] == "beats":
             audio = ctx.read_source(job["audio"])
-            samples, rate = decode_audio(audio)
-            beats = detect_beats(samples, rate)
+            samples, rate = decode(audio)
             frames = max(2, int(math.ceil(len(samples) / rate * job["fps"])))
+            structure, analysed = self._structure(ctx, samples, rate)
+            segments = cuts.segments(structure, job["fps"], frames, job, self._seed(job))
+            beats = structure.get("beats", [])
+            side = cuts.sidecar(segments, structure, job, job["audio"]["key"],
+                                hashlib.sha256(audio).hexdigest())
+            extra.append((SIDECAR, side))
+            if analysed:
+                extra.append((STRUCTURE, structure))
         else:
-            beats, frames = [], job["frames"]
-        plan = self._plan(job, frames, beats)
+            frames = job["frames"]
+        plan = self._plan(job, frames, segments)
         chunk = job["chunk_frames"]
         done = set(ctx.chunks())
         parts = []
@@ -64,31 +81,75 @@ class VideoOps(AetherBase):
             ctx.delete_chunks()  # the MP4 is what stays; chunks were only for resuming
             return data
 
-        return [Artifact("video.mp4", "video/mp4", encode, metadata=s3_metadata(prov))]
+        meta = s3_metadata(prov)
+        sidecars = [Artifact(name, "application/json",
+                             constant(json.dumps(body, sort_keys=True).encode()), metadata=meta)
+                    for name, body in extra]
+        return [Artifact("video.mp4", "video/mp4", encode, metadata=meta), *sidecars]
 
-    def _plan(self, job: dict[str, Any], frames: int, beats: list[float]) -> dict[str, Any]:
-        """Per frame: which latent (index into ws) and which camera yaw."""
+    def _structure(self, ctx: JobContext, samples: np.ndarray, rate: int
+                   ) -> tuple[dict[str, Any], bool]:
+        """The music's structure, and whether it was analysed here: an audio job's
+        structure.json when the job names one, else analysed once (kept as a chunk, so a
+        resumed attempt cuts exactly where the first did)."""
+        ref = ctx.params.get("structure")
+        if ref:
+            if not ref.get("key"):  # a line of the same manifest: that job's output
+                ref = {"key": ctx.storage.job_key(ctx.project, ctx.batch_id, ref["job"],
+                                                  STRUCTURE)}
+            try:
+                return json.loads(ctx.read_source(ref)), False
+            except (KeyError, ValueError) as exc:
+                raise PermanentError(f"structure: cannot read {ref.get('key')}: "
+                                     f"{exc}") from exc
+        if STRUCTURE in ctx.chunks():
+            return json.loads(ctx.read_chunk(STRUCTURE)), True
+        structure = analyse(samples, rate)
+        ctx.store_chunk(STRUCTURE, json.dumps(structure, sort_keys=True).encode(),
+                        "application/json")
+        return structure, True
+
+    @staticmethod
+    def _seed(job: dict[str, Any]) -> int:
         base = job["source"]["params"] if job.get("source") else None
-        seed = base["seed"] if base else job.get("seed", 0)
+        return int(base["seed"] if base else job.get("seed", 0))
+
+    def _plan(self, job: dict[str, Any], frames: int,
+              segments: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """Per frame: which latent (index into w) and which camera yaw."""
+        base = job["source"]["params"] if job.get("source") else None
         trunc = base.get("truncation", job["truncation"]) if base else job["truncation"]
-        t = np.arange(frames) / job["fps"]
+        variation = None
         if job["mode"] == "orbit":
-            seeds, index = [seed], np.zeros(frames, dtype=int)
+            seeds, index = [self._seed(job)], np.zeros(frames, dtype=int)
             yaw = np.linspace(job["yaw_from"], job["yaw_to"], frames)
         elif job["mode"] == "interpolate":
             seeds, index = job["seeds"], None
             yaw = np.full(frames, job["yaw"])
-        else:
-            cuts = np.searchsorted(np.asarray(beats), t, side="right")  # beats passed so far
-            if job["on_beat"] == "cut":
-                seeds, index = [seed + i for i in range(len(beats) + 1)], cuts
-                yaw = np.full(frames, job["yaw"])
-            else:
-                seeds, index = [seed], np.zeros(frames, dtype=int)
-                yaw = job["yaw"] + BEAT_TURN_DEG * cuts
+        else:  # beats: one latent per segment
+            assert segments is not None
+            seeds = [s["seed"] for s in segments]
+            variation = [s["variation"] for s in segments]
+            index, yaw = np.zeros(frames, dtype=int), np.zeros(frames)
+            for i, seg in enumerate(segments):
+                index[seg["start_frame"]: seg["end_frame"]] = i
+                yaw[seg["start_frame"]: seg["end_frame"]] = seg["yaw"]
         trunc_t = torch.full((len(seeds),), float(trunc), device=self.device, dtype=self.dtype)
         w = self.net.w_of([int(s) for s in seeds], trunc_t)
+        if variation is not None and any(variation):
+            w = w + VARIATION * self._nudges(variation).to(w.dtype)
         return {"w": w, "index": index, "yaw": yaw, "frames": frames}
+
+    def _nudges(self, variation: list[int]) -> torch.Tensor:
+        """A small move along a principal direction of w for each cut inside a section (the
+        cut's number picks the direction and its sign; 0: none)."""
+        dirs = self.net.directions
+        k = dirs.shape[0]
+        out = torch.zeros(len(variation), dirs.shape[1], device=dirs.device, dtype=dirs.dtype)
+        for i, v in enumerate(variation):
+            if v:
+                out[i] = dirs[(v - 1) % k] * (1.0 if ((v - 1) // k) % 2 == 0 else -1.0)
+        return out
 
     def _render(self, plan: dict[str, Any], start: int, stop: int, job: dict[str, Any]) -> np.ndarray:
         batch = max(1, self.settings.max_batch)
@@ -121,33 +182,6 @@ def interpolate(ws: torch.Tensor, t: float) -> torch.Tensor:
     pos = min(t * segments, segments - 1e-9)
     i = int(pos)
     return slerp(ws[i], ws[i + 1], pos - i)
-
-
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Mono float samples and their rate, from any audio file FFmpeg reads."""
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            stream = container.streams.audio[0]
-            rate = stream.rate or 44100
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            chunks = [r.to_ndarray().reshape(-1) for f in container.decode(stream)
-                      for r in resampler.resample(f)]
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise PermanentError(f"the audio file cannot be decoded: {exc}") from exc
-    if not chunks:
-        raise PermanentError("the audio file holds no samples")
-    return np.concatenate(chunks).astype(np.float32), int(rate)
-
-
-def detect_beats(samples: np.ndarray, rate: int) -> list[float]:
-    """Beat times in seconds (librosa's beat tracker on the onset envelope)."""
-    import librosa
-
-    hop = 256
-    onset = librosa.onset.onset_strength(y=samples, sr=rate, hop_length=hop)
-    _, frames = librosa.beat.beat_track(onset_envelope=onset, sr=rate, hop_length=hop,
-                                        tightness=400)
-    return [float(t) for t in librosa.frames_to_time(frames, sr=rate, hop_length=hop)]
 
 
 def encode_mp4(frames: np.ndarray, fps: int, audio: bytes | None, prov: dict[str, Any]) -> bytes:
