@@ -148,7 +148,7 @@ def test_a_music_video_cuts_on_the_beat_grid(tmp_path: Path, workers: Workers, p
     with Db(pg_url).sessions() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == before
     # the audio job's structure, by id, from a later batch: reused, not analysed again
-    again = {**video, "structure": {"job": audio_job.id}, "fps": 8, "width": 32, "height": 32}
+    again = {**video, "structure": {"job": audio_job.id}, "fps": 24, "width": 64, "height": 64}
     path.write_text(json.dumps(again) + "\n")
     ok = run_cli("submit", str(path), "--project", "acme", "--json", env=env)
     assert ok.returncode == 0, ok.stderr
@@ -159,5 +159,50 @@ def test_a_music_video_cuts_on_the_beat_grid(tmp_path: Path, workers: Workers, p
     assert job.status == "succeeded", job.error
     assert {o.name for o in db.outputs(later)} == {"video.mp4", "cuts.json"}
     db.close()
+    check_timeline_of(later, tmp_path / "edit", env)
     other = run_cli("submit", str(path), "--project", "studio-b", env=env)
     assert other.returncode == 2 and "does not exist in this project" in other.stderr
+
+
+def timecode(frames: int, fps: int) -> str:
+    s, f = divmod(frames, fps)
+    m, s = divmod(s, 60)
+    return f"{m // 60:02d}:{m % 60:02d}:{s:02d}:{f:02d}"
+
+
+def check_timeline_of(batch: str, folder: Path, env: dict[str, str]) -> None:
+    """The batch (one beats video) pulled and exported: the EDL, read by pycmx, has one event
+    per shot of the MP4 at its timecodes, and melt's render of the MLT file cuts on the frames
+    genfarm's own MP4 cuts on (both found from the pictures)."""
+    import os
+    import shutil
+    import subprocess
+
+    import pycmx
+
+    pulled = run_cli("pull", batch, str(folder), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    [mp4] = folder.glob("*/video.mp4")
+    source, fps = frames_of(mp4.read_bytes())
+    shots = cuts_in(source)
+    for fmt in ("edl", "mlt"):
+        made = run_cli("timeline", batch, "-o", str(folder / f"cut.{fmt}"), env=env)
+        assert made.returncode == 0, made.stderr
+    edl = pycmx.parse_cmx3600(io.StringIO((folder / "cut.edl").read_text()))
+    edits = [e for ev in edl.events for e in ev.edits if e.channels.video]
+    bounds = [0, *shots, len(source)]
+    assert [(e.record_in, e.record_out) for e in edits] == [
+        (timecode(a, int(fps)), timecode(b, int(fps))) for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert [(e.source_in, e.source_out) for e in edits] == [
+        (e.record_in, e.record_out) for e in edits]  # the MP4's own frames, in order
+    if shutil.which("melt") is None:
+        return  # tests/services.sh installs it where it can
+    render = subprocess.run(["melt", "-quiet", "cut.mlt", "-consumer", "avformat:render.mp4",
+                             "vcodec=libx264", "crf=1", "preset=ultrafast", "an=1"],
+                            cwd=folder, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert render.returncode == 0, render.stderr[-2000:]
+    rendered, rate = frames_of((folder / "render.mp4").read_bytes())
+    assert rate == fps and len(rendered) == len(source), (rate, len(rendered), len(source))
+    assert cuts_in(rendered) == shots, (cuts_in(rendered), shots)
+    print(f"melt: {len(shots)} cuts, on the frames of genfarm's MP4")
