@@ -196,7 +196,7 @@ def amplifying_manifests(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(amplifying_manifests())
 def test_a_small_manifest_costs_little_whatever_it_says(text: str) -> None:
     assert len(text.encode()) < 1024
