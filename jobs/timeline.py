@@ -12,7 +12,6 @@ for a local folder).
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import tempfile
@@ -194,11 +193,19 @@ def _video(storage: Storage, project: str, job: Job, out: Output, where: str,
         cuts = json.loads(storage.get(sidecar.key, sha256=sidecar.sha256))
         if not isinstance(cuts, dict) or cuts.get("version") != 1:
             raise TimelineError(f"job #{job.index}: {SIDECAR} is not version 1 of its format")
-        rate, frames = int(cuts["fps"]), int(cuts["frames"])
+        try:
+            rate, frames = int(cuts["fps"]), int(cuts["frames"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TimelineError(f"job #{job.index}: {SIDECAR} has no usable fps and frames "
+                                f"({type(exc).__name__}: {exc})") from exc
     elif params.get("mode") in ("orbit", "interpolate") and "frames" in params:
         rate, frames = int(params["fps"]), int(params["frames"])
     else:  # a beat-cut video of before cuts.json: its length is the music's, read the MP4
-        frames, fps = mp4_frames(storage.get(out.key, sha256=out.sha256))
+        try:
+            frames, fps = mp4_frames(storage.get(out.key, sha256=out.sha256))
+        except struct.error as exc:  # cut short: its boxes end before they say
+            raise TimelineError(f"job #{job.index}: {out.name} is not a whole MP4 "
+                                f"({exc})") from exc
         rate = int(params.get("fps") or round(fps))
     item = Item(job, out, where, rate=rate, frames=frames, cuts=cuts)
     audio = (cuts or {}).get("audio") or params.get("audio")
@@ -284,9 +291,9 @@ def build_timeline(session: Session, storage: Storage, batch_id: str, *,
 
 
 def frame_of(seconds: float, rate: int) -> int:
-    """The first frame shown at or after ``seconds`` (what a cut on a beat at that time shows
-    first); a hair of float noise under a whole frame counts as that frame."""
-    return math.ceil(round(seconds * rate, 6))
+    """The frame nearest ``seconds``: where a beats video cuts for a beat at that time
+    (``round(t * fps)``), so a marker sits on its cut."""
+    return round(seconds * rate)
 
 
 def bar_frames(plan: Plan, rate: int) -> int | None:
@@ -308,6 +315,9 @@ def bar_frames(plan: Plan, rate: int) -> int | None:
 def assemble(plan: Plan, still_seconds: float | None = None) -> otio.schema.Timeline:
     """The OpenTimelineIO timeline of a gathered plan."""
     otio = _otio()
+    if not plan.items:
+        left = f"; left out: {', '.join(plan.skipped[:3])}" if plan.skipped else ""
+        raise TimelineError(f"batch {plan.batch.id} has no images or videos to place{left}")
     videos = [i for i in plan.items if not i.still]
     rate = videos[0].rate if videos else DEFAULT_RATE
     if still_seconds is not None:
@@ -334,12 +344,16 @@ def assemble(plan: Plan, still_seconds: float | None = None) -> otio.schema.Time
         clips = _still(otio, item, still, rate) if item.still else _clips(otio, item)
         for clip in clips:
             video.append(clip)
+        # its length in timeline frames: a video at another rate keeps its own (its clips'
+        # source ranges), the record side counts at the timeline's
         length = sum(c.source_range.duration.value for c in clips)
+        if not item.still and item.rate != rate:
+            length = round(Fraction(int(length) * rate, item.rate))
         if item.audio is not None:
             if at > audio_at:
                 audio.append(otio.schema.Gap(source_range=_range(otio, 0, at - audio_at, rate)))
             audio.append(_audio_clip(otio, item))
-            audio_at = at + item.frames
+            audio_at = at + int(length)
         at += int(length)
     if len(audio):
         timeline.tracks.append(audio)
@@ -416,7 +430,11 @@ def _clips(otio: Any, item: Item) -> list[Any]:
     clips = []
     last = 0
     for seg in segments:
-        start, end = int(seg["start_frame"]), int(seg["end_frame"])
+        try:
+            start, end = int(seg["start_frame"]), int(seg["end_frame"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TimelineError(f"job #{item.job.index}: {SIDECAR} segment {seg.get('index')}"
+                                f" has no usable start_frame and end_frame ({exc})") from exc
         if start != last or end <= start or end > frames:
             raise TimelineError(f"job #{item.job.index}: {SIDECAR} segment {seg.get('index')} "
                                 f"spans frames {start}..{end}, expected {last}.. up to {frames}")

@@ -160,8 +160,41 @@ def test_a_music_video_cuts_on_the_beat_grid(tmp_path: Path, workers: Workers, p
     assert {o.name for o in db.outputs(later)} == {"video.mp4", "cuts.json"}
     db.close()
     check_timeline_of(later, tmp_path / "edit", env)
+
+    # refused on the worker, each naming why: a structure made from another track, and a track
+    # too long for a video (at 60 fps, 51 s is 3,060 frames)
+    store.put("acme/audio/other.wav", synth("AB", bars=2, bpm=120, seed=5).wav, "audio/wav")
+    store.put("acme/audio/long.wav", silence(51.0), "audio/wav")
+    wrong = [{**again, "audio": {"key": "audio/other.wav"}},
+             {**video, "audio": {"key": "audio/long.wav"}, "structure": None, "fps": 60,
+              "width": 32, "height": 32}]
+    path.write_text("\n".join(json.dumps({k: v for k, v in x.items() if v is not None})
+                              for x in wrong) + "\n")
+    sent = run_cli("submit", str(path), "--project", "acme", "--json", env=env)
+    assert sent.returncode == 0, sent.stderr
+    refused = json.loads(sent.stdout)["batch_id"]
+    db = Db(pg_url)
+    db.wait(refused, workers, timeout=120)
+    errors = [(j.status, j.error or "") for j in db.jobs(refused)]
+    assert errors[0][0] == "failed" and "structure: made from acme/audio/song.wav" in errors[0][1]
+    assert errors[1][0] == "failed" and "is 3060 frames; a video has at most 3000" in errors[1][1]
+    db.close()
     other = run_cli("submit", str(path), "--project", "studio-b", env=env)
     assert other.returncode == 2 and "does not exist in this project" in other.stderr
+
+
+def silence(seconds: float, rate: int = 8000) -> bytes:
+    """A WAV of ``seconds`` of near silence (a faint hum, so it decodes to samples)."""
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.sin(2 * np.pi * 110 * t) * 300).astype("<i2").tobytes())
+    return buf.getvalue()
 
 
 def timecode(frames: int, fps: int) -> str:

@@ -50,7 +50,8 @@ ORBIT_FPS, ORBIT_FRAMES = 25, 30
 
 
 def first_frame(t: float, fps: int) -> int:
-    return math.ceil(t * fps - 1e-9)
+    """The frame nearest ``t``: where a beats video cuts, and its marker sits."""
+    return round(t * fps)
 
 
 def tc(frames: int, fps: int) -> str:
@@ -536,3 +537,21 @@ def test_cli_names_what_is_missing(farm: Farm, tmp_path: Path) -> None:
     help_text = run_cli("timeline", "--help").stdout
     for editor in ("Resolve", "Premiere", "Final Cut", "Avid", "Shotcut", "Kdenlive", "melt"):
         assert editor in help_text, editor
+
+
+def test_a_batch_with_nothing_to_place_is_refused_in_every_format(farm: Farm,
+                                                                  tmp_path: Path) -> None:
+    """Every job cancelled before it ran: no image or video to put on a timeline. Each format
+    says so (naming what was left out) instead of writing an empty or broken file."""
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"kind": "generate", "seed": 3, "width": 32, "height": 32}) + "\n")
+    made = run_cli("submit", str(path), "--project", "acme", "--json", env=farm.env)
+    assert made.returncode == 0, made.stderr
+    batch = json.loads(made.stdout)["batch_id"]
+    assert run_cli("cancel", batch, env=farm.env).returncode == 0
+    for fmt, out in FORMATS.items():
+        refused = run_cli("timeline", batch, "-o", str(tmp_path / f"t{out.suffix}"), env=farm.env)
+        assert refused.returncode != 0, (fmt, refused.stdout)
+        assert "has no images or videos to place" in refused.stderr, (fmt, refused.stderr)
+        assert "cancelled" in refused.stderr and "Traceback" not in refused.stderr, fmt
+        assert not (tmp_path / f"t{out.suffix}").exists(), fmt

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from fractions import Fraction
 from typing import Any
 
@@ -31,6 +30,7 @@ from workers.family import Artifact, JobContext, PermanentError, Result, constan
 
 VARIATION = 1.0  # look "section": how far each cut moves the latent (a default latent edit: 3)
 SIDECAR = "cuts.json"
+MAX_FRAMES = 3000  # as many as an orbit may have (the schema's bound on frames)
 
 
 class VideoOps(AetherBase):
@@ -44,8 +44,17 @@ class VideoOps(AetherBase):
         if job["mode"] == "beats":
             audio = ctx.read_source(job["audio"])
             samples, rate = decode(audio)
-            frames = max(2, int(math.ceil(len(samples) / rate * job["fps"])))
+            # whole numbers: a float product can make one frame too many
+            frames = max(2, -(-len(samples) * job["fps"] // rate))
+            if frames > MAX_FRAMES:  # every frame is held until the MP4 is encoded
+                raise PermanentError(f"audio: {len(samples) / rate:.1f} s at {job['fps']} fps "
+                                     f"is {frames} frames; a video has at most {MAX_FRAMES} "
+                                     "(cut the track, or lower fps)")
             structure, analysed = self._structure(ctx, samples, rate)
+            made_of = (structure.get("provenance") or {}).get("params", {}).get("audio") or {}
+            if made_of.get("key") not in (None, job["audio"].get("key")):
+                raise PermanentError(f"structure: made from {made_of['key']}, not from this "
+                                     f"video's audio {job['audio'].get('key')}")
             segments = cuts.segments(structure, job["fps"], frames, job, self._seed(job))
             beats = structure.get("beats", [])
             side = cuts.sidecar(segments, structure, job, job["audio"]["key"],
