@@ -11,6 +11,7 @@ for a local folder).
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import struct
@@ -466,11 +467,14 @@ def _markers(otio: Any, item: Item, clips: list[Any]) -> None:
         f = frame_of(float(t), rate)
         if f not in downbeats:
             marks.append((f, "beat", otio.schema.MarkerColor.GREEN))
+    # the clips follow each other frame after frame: the one showing a frame by bisection
+    starts = [c.source_range.start_time.value for c in clips]
+    ends = [c.source_range.end_time_exclusive().value for c in clips]
     for frame, name, color in sorted(marks, key=lambda m: m[0]):
-        clip = next((c for c in clips if c.source_range.start_time.value <= frame
-                     < c.source_range.end_time_exclusive().value), None)
-        if clip is None:
-            continue  # past the last frame
+        i = bisect.bisect_right(starts, frame) - 1
+        if i < 0 or frame >= ends[i]:
+            continue  # before the first frame or past the last
+        clip = clips[i]
         clip.markers.append(otio.schema.Marker(
             name=name, color=color,
             marked_range=_range(otio, frame, 0, rate),

@@ -75,6 +75,12 @@ class PassSizes:
                     return other
         return min(k.best, largest)
 
+    def settled(self, batch_key: str, size: int) -> bool:
+        """Whether a pass of ``size`` is what ``batch_key`` runs at now (not a probe of another
+        size): only such passes tell what the next jobs of that key will cost."""
+        best = self._key(batch_key).best
+        return best is not None and size == best
+
     def observe(self, batch_key: str, size: int, seconds: float, largest: int) -> None:
         """A steady pass of ``size`` jobs took ``seconds`` (the forward pass and what the
         family does with it); the best size is chosen and shared once every size was tried."""

@@ -398,6 +398,11 @@ class Runtime:
             self.warm.add(first.batch_key)                  # costs (caches, allocations)
             self._record(owner, results, report)
             return
+        if self._measures_passes(first) and not self.passes.settled(first.batch_key, len(chunk)):
+            # a probe of another pass size: it costs more per job than the size the key runs
+            # at, so estimates of the next jobs would count it too high
+            self._record(owner, results, report)
+            return
         spec = self.catalog.family(first.model) if first.model in self.catalog.models else None
         device = self.device if spec is None or spec.uses_device else "cpu"
         cost = spec.cost if spec is not None else default_cost
