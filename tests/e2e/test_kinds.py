@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from jobs.db import upgrade
 from storage import open_storage
 from tests.conftest import Workers, run_cli
 from tests.helpers import Db
+from tests.music import to_wav
 
 CLICKS = [0.5 + 0.5 * i for i in range(8)]  # a click every half second: 120 bpm
 FPS = 24
@@ -29,13 +29,7 @@ def click_track(seconds: float = 4.6, rate: int = 22050) -> bytes:
     for c in CLICKS:
         burst = (t >= c) & (t < c + 0.015)
         signal[burst] = np.sin(2 * np.pi * 2000 * t[burst]) * np.exp(-(t[burst] - c) * 300)
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((signal * 30000).astype("<i2").tobytes())
-    return buf.getvalue()
+    return to_wav(signal * (30000 / 32767), rate)
 
 
 def decode(data: bytes) -> tuple[list[np.ndarray], Fraction, float, bool]:

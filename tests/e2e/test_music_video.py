@@ -19,7 +19,7 @@ from jobs.models import Batch
 from storage import open_storage
 from tests.conftest import Workers, run_cli
 from tests.helpers import Db
-from tests.music import Track, synth
+from tests.music import Track, synth, to_wav
 
 AUDIO_KEY = "acme/audio/song.wav"
 CUT_EVERY = {"A": "bar", "B": "beat"}
@@ -185,16 +185,8 @@ def test_a_music_video_cuts_on_the_beat_grid(tmp_path: Path, workers: Workers, p
 
 def silence(seconds: float, rate: int = 8000) -> bytes:
     """A WAV of ``seconds`` of near silence (a faint hum, so it decodes to samples)."""
-    import wave
-
     t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.sin(2 * np.pi * 110 * t) * 300).astype("<i2").tobytes())
-    return buf.getvalue()
+    return to_wav(np.sin(2 * np.pi * 110 * t) * (300 / 32767), rate)
 
 
 def timecode(frames: int, fps: int) -> str:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-import wave
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +34,7 @@ from jobs.timeline import FORMATS, build_timeline, export, mp4_frames
 from storage import open_storage
 from tests.conftest import REDIS_URL, ROOT, Workers, create_pg_database, drop_pg_database, run_cli
 from tests.helpers import Db, submit
+from tests.music import to_wav
 
 otio = pytest.importorskip("opentimelineio", reason="the timeline extra is not installed")
 pycmx = pytest.importorskip("pycmx", reason="the dev extra is not installed")
@@ -67,13 +67,7 @@ def click_track(rate: int = 22050) -> bytes:
     for c in BEATS:
         burst = (t >= c) & (t < c + 0.015)
         signal[burst] = np.sin(2 * np.pi * 2000 * t[burst])
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((signal * 30000).astype("<i2").tobytes())
-    return buf.getvalue()
+    return to_wav(signal * (30000 / 32767), rate)
 
 
 @dataclass
