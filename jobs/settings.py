@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     )
     unit_size: int = Field(64, ge=1, le=4096, description="Job ids per Celery message.")
     max_batch: int = Field(16, ge=1, le=4096, description="Jobs per forward pass on a worker.")
+    batch_wait_seconds: float = Field(
+        0.05, ge=0, le=10, description="A unit with fewer jobs than its forward pass holds waits "
+        "up to this long for jobs of the same kind and size from other submissions, so that lone "
+        "jobs share a pass (0: never wait; a key whose best pass is 1 job never waits).")
     lease_seconds: float = Field(120.0, gt=0, description="How long a claim holds without a heartbeat.")
     max_attempts: int = Field(3, ge=1, le=100, description="Default attempts per job.")
     upload_threads: int = Field(8, ge=1, le=256, description="Encode/upload threads per worker process.")

@@ -42,6 +42,9 @@ from workers.passes import PassSizes
 log = logging.getLogger("genfarm.worker")
 IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for throughput figures)
 
+RECORD_JOBS = 32  # finished passes' outcomes are recorded together, up to this many jobs ...
+RECORD_S = 0.25  # ... or this long after the first of them was ready: one transaction for many
+HELD_CHECK_S = 0.5  # how often, at most, a unit asks which of its jobs were cancelled meanwhile
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
 
 
@@ -122,6 +125,9 @@ class Runtime:
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
         self.warm: set[str] = set()  # batch keys that have had a pass in this process
         self._last_pass: float | None = None  # when the last forward pass ended
+        self._unrecorded: list[JobResult] = []  # finished passes' outcomes, recorded together
+        self._throughput: list[tuple[str, str, int, float, float]] = []  # ... with their passes
+        self._ready_at = 0.0  # when the first of them was ready
 
     @property
     def device(self) -> str:
@@ -185,6 +191,9 @@ class Runtime:
                 t = report.lap("fill", t)
             projects = self._projects({c.batch_id for c in claimed}, session)
         t = report.lap("claim", t)
+        if claimed:
+            claimed += self._gather(owner, claimed)
+            t = report.lap("gather", t)
         report.claimed = len(claimed)
         self._attempts = {c.id: (c.attempt, c.max_attempts) for c in claimed}
         asked = set(job_ids)
@@ -197,6 +206,7 @@ class Runtime:
         try:
             self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
+            self._flush(owner, report)
             held = self._still_held(owner, claimed)
             log.warning("unit time limit: %d jobs left, each will retry", len(held))
             self._record(owner, [JobResult(j.id, error="unit time limit exceeded", retryable=True)
@@ -214,6 +224,27 @@ class Runtime:
         self._release_waiting()
         report.lap("release", t)
         return report
+
+    def _gather(self, owner: str, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Jobs of the same key submitted within GENFARM_BATCH_WAIT_SECONDS, for a unit too
+        small for its pass: lone jobs from many submissions share a forward pass instead of
+        each running alone. Bounded: at most the wait, one small read every 10 ms."""
+        wait = self.settings.batch_wait_seconds
+        key = claimed[0].batch_key
+        if (wait <= 0 or not self._measures_passes(claimed[0])  # no device: nothing to share
+                or any(c.batch_key != key for c in claimed)):
+            return []
+        need = self._pass_size(claimed[0]) - len(claimed)
+        more: list[ClaimedJob] = []
+        deadline = time.perf_counter() + wait
+        while need > len(more) and time.perf_counter() < deadline:
+            time.sleep(min(0.01, max(0.0, deadline - time.perf_counter())))
+            with self.sessions.begin() as session:
+                more += lifecycle.fill(session, key, need - len(more), owner,
+                                       self.settings.lease_seconds)
+                if more:
+                    self._projects({c.batch_id for c in more}, session)
+        return more
 
     def _release_waiting(self) -> None:
         """Jobs waiting for what this unit finished start now, not at the next reconciler
@@ -256,6 +287,7 @@ class Runtime:
         for job in claimed:
             by_key.setdefault(job.batch_key, []).append(job)
         pending: list[tuple[list[ClaimedJob], list[Any], float, bool]] = []
+        checked = time.perf_counter()
         for key, jobs in by_key.items():
             done = 0
             while done < len(jobs):
@@ -267,14 +299,18 @@ class Runtime:
                 if self.draining is not None and self.draining.is_set():
                     self._hand_back(owner, jobs[done - len(chunk):], report)
                     break
-                if done > len(chunk):  # a boundary: drop jobs cancelled or lost since the claim
+                if done > len(chunk) and time.perf_counter() - checked >= HELD_CHECK_S:
+                    # a boundary: drop jobs cancelled or lost since the claim (a job cancelled
+                    # between two checks still runs; its outputs are dropped when recorded)
                     chunk = self._still_held(owner, chunk)
+                    checked = time.perf_counter()
                 if chunk:
                     self._run_pass(owner, key, chunk, projects, pending, report)
                 while len(pending) > 1:  # one pass in flight: record it while the next computes
                     self._finish(owner, *pending.pop(0), report)
         while pending:
             self._finish(owner, *pending.pop(0), report)
+        self._flush(owner, report)
 
     def _largest(self, key: str) -> int:
         """The largest pass of ``key``: --max-batch, or less where out of memory said so."""
@@ -393,31 +429,47 @@ class Runtime:
                 results.append(JobResult(job.id, error=_describe(exc), retryable=is_transient(exc),
                                          device_seconds=share))
         report.lap("uploads", t)  # what the pass did not hide of encoding and uploading
+        if not self._unrecorded:
+            self._ready_at = time.perf_counter()
+        self._unrecorded.extend(results)
+        self._throughput.extend(self._throughput_of(chunk, share, steady))
+        if (len(self._unrecorded) >= RECORD_JOBS
+                or time.perf_counter() - self._ready_at >= RECORD_S):
+            self._flush(owner, report)
+
+    def _throughput_of(self, chunk: list[ClaimedJob], share: float, steady: bool
+                       ) -> list[tuple[str, str, int, float, float]]:
+        """The pass of ``chunk`` for estimates, (batch key, device, jobs, units, seconds), or
+        nothing for a pass that is no guide to the next jobs' cost."""
         first = chunk[0]
         if first.batch_key not in self.warm or not steady:  # a key's first pass pays one-time
             self.warm.add(first.batch_key)                  # costs (caches, allocations)
-            self._record(owner, results, report)
-            return
+            return []
         if self._measures_passes(first) and not self.passes.settled(first.batch_key, len(chunk)):
             # a probe of another pass size: it costs more per job than the size the key runs
             # at, so estimates of the next jobs would count it too high
-            self._record(owner, results, report)
-            return
+            return []
         spec = self.catalog.family(first.model) if first.model in self.catalog.models else None
         device = self.device if spec is None or spec.uses_device else "cpu"
         cost = spec.cost if spec is not None else default_cost
         units = sum(cost(j.kind, j.params) for j in chunk)
-        self._record(owner, results, report,
-                     (first.batch_key, device, len(chunk), units, share * len(chunk)))
+        return [(first.batch_key, device, len(chunk), units, share * len(chunk))]
+
+    def _flush(self, owner: str, report: UnitReport) -> None:
+        """Record the finished passes not yet recorded, in one transaction."""
+        if self._unrecorded:
+            results, self._unrecorded = self._unrecorded, []
+            passes, self._throughput = self._throughput, []
+            self._record(owner, results, report, passes)
 
     def _record(self, owner: str, results: list[JobResult], report: UnitReport,
-                throughput: tuple[str, str, int, float, float] | None = None) -> None:
-        """Record outcomes, and with ``throughput`` (batch key, device, jobs, units, seconds)
-        the pass they came from, for estimates: one transaction."""
+                passes: Sequence[tuple[str, str, int, float, float]] = ()) -> None:
+        """Record outcomes, and the ``passes`` (batch key, device, jobs, units, seconds) they
+        came from, for estimates: one transaction."""
         t = time.perf_counter()
         with self.sessions.begin() as session:
             ok, failed, requeued = lifecycle.record(session, owner, results)
-            if throughput is not None:
+            for throughput in passes:
                 record_pass(session, *throughput)
         report.lap("record", t)
         report.succeeded += len(ok)

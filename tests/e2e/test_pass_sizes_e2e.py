@@ -3,6 +3,7 @@ process takes it from the database without measuring again."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -38,4 +39,38 @@ def test_a_worker_measures_pass_sizes_and_the_next_one_reuses_them(
                                    "width": 48, "height": 48})
     db.wait(again, workers)
     assert workers.logs(tail=None).count("chosen") == 1  # read, not measured again
+    db.close()
+
+
+
+def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
+    """A unit with fewer jobs than its best pass holds waits (boundedly) for jobs of the same
+    key from later submissions: two one-job batches sent 0.5 s apart run in one unit. Without
+    the wait, or where the best pass is one job, each runs alone."""
+    env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
+           "GENFARM_STORAGE_URL": (tmp_path / "out").as_uri(),
+           "GENFARM_DATA_DIR": str(tmp_path / "data"), "GENFARM_MODEL_PROFILE": "tiny"}
+    upgrade(pg_url)
+    db = Db(pg_url)
+    engine = make_engine(pg_url)
+
+    def units_of(wait: str, best: int, seed: int) -> set[str | None]:
+        with session_factory(engine).begin() as s:  # as if a worker had measured the key
+            s.merge(PassSize(key="generate:aether:40x40|cpu|float64", best=best, rates={}))
+        worker = workers.start({**env, "GENFARM_BATCH_WAIT_SECONDS": wait}, "--max-batch", "4")
+        job = {"kind": "generate", "seed": seed, "width": 40, "height": 40}
+        first = submit(env, tmp_path, job)
+        time.sleep(0.5)
+        second = submit(env, tmp_path, {**job, "seed": seed + 1})
+        db.wait(first, workers)
+        db.wait(second, workers)
+        workers.stop(worker)
+        assert db.counts(first) == db.counts(second) == {"succeeded": 1}
+        return {e.worker for b in (first, second) for e in db.events(b) if e.to_status == "running"}
+
+    assert len(units_of("8", 2, 0)) == 1  # one claim, one unit: the second job joined the first
+    assert len(units_of("0", 2, 10)) == 2  # no wait
+    assert len(units_of("8", 1, 20)) == 2  # the best pass is one job: nothing to wait for
+    engine.dispose()
     db.close()
