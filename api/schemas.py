@@ -40,6 +40,18 @@ class Problem(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. [\"query\", \"label\"].")
+    msg: str
+    type: str
+
+
+class RequestProblem(BaseModel):
+    """A request the routes' own parameters refused (a 422 from query or path validation)."""
+
+    detail: list[FieldError]
+
+
 class BatchCreated(BaseModel):
     id: str = Field(description="The batch's id (as in GET /v1/batches/{id}).")
     batch_id: str = Field(description="The same id, under its older name.")

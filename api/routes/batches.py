@@ -22,6 +22,7 @@ from api.schemas import (
     BatchRequest,
     BatchView,
     Problem,
+    RequestProblem,
     ValidationProblem,
 )
 from jobs.batches import cancel_jobs, resolve_batch, summarize
@@ -44,7 +45,7 @@ BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 @router.post("", status_code=201, response_model=BatchCreated, openapi_extra=BODY_DOC,
-             responses={422: {"model": ValidationProblem}, 413: {"model": Problem},
+             responses={422: {"model": ValidationProblem | RequestProblem}, 413: {"model": Problem},
                         415: {"model": Problem}, **REFUSALS})
 async def create_batch(request: Request, who: Auth, farm: FarmDep,
                        force: Annotated[bool, Query(description="Run jobs identical to "

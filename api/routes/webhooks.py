@@ -12,7 +12,7 @@ from api.auth import Auth
 from api.deps import FarmDep
 from api.routes import REFUSALS
 from api.routes.batches import own_batch
-from api.schemas import Problem
+from api.schemas import Problem, RequestProblem
 from jobs.labels import InvalidMeta
 from jobs.webhooks import KEEP, WebhookConfig, clear, configure, deliveries_of, get_config
 
@@ -76,7 +76,7 @@ def get_webhook(who: Auth, farm: FarmDep) -> Any:
 
 
 @router.put("/v1/webhook", response_model=WebhookView,
-            responses={422: {"model": Problem}, **REFUSALS})
+            responses={422: {"model": Problem | RequestProblem}, **REFUSALS})
 def put_webhook(body: WebhookUpdate, who: Auth, farm: FarmDep) -> Any:
     """Set the default URL and make the secret (the first time, or with ``rotate_secret``):
     the answer that makes it is the only one that shows it."""
