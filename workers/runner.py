@@ -206,7 +206,6 @@ class Runtime:
         try:
             self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
-            self._flush(owner, report)
             held = self._still_held(owner, claimed)
             log.warning("unit time limit: %d jobs left, each will retry", len(held))
             self._record(owner, [JobResult(j.id, error="unit time limit exceeded", retryable=True)
@@ -286,6 +285,16 @@ class Runtime:
         by_key: dict[str, list[ClaimedJob]] = {}
         for job in claimed:
             by_key.setdefault(job.batch_key, []).append(job)
+        try:
+            self._run_keys(owner, by_key, projects, report)
+        finally:
+            # whatever ends the unit (its time limit too): what finished is recorded now, and
+            # nothing waits in the buffer for the next unit's claim
+            self._flush(owner, report)
+
+    def _run_keys(self, owner: str, by_key: dict[str, list[ClaimedJob]],
+                  projects: dict[str, str], report: UnitReport) -> None:
+        """Each key's jobs in passes of its size, recording each pass while the next computes."""
         pending: list[tuple[list[ClaimedJob], list[Any], float, bool]] = []
         checked = time.perf_counter()
         for key, jobs in by_key.items():
@@ -310,7 +319,6 @@ class Runtime:
                     self._finish(owner, *pending.pop(0), report)
         while pending:
             self._finish(owner, *pending.pop(0), report)
-        self._flush(owner, report)
 
     def _largest(self, key: str) -> int:
         """The largest pass of ``key``: --max-batch, or less where out of memory said so."""

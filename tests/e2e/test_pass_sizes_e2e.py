@@ -42,7 +42,6 @@ def test_a_worker_measures_pass_sizes_and_the_next_one_reuses_them(
     db.close()
 
 
-
 def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
         tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
     """A unit with fewer jobs than its best pass holds waits (boundedly) for jobs of the same
