@@ -8,7 +8,7 @@ One real `genfarm worker` (prefork, one process) per variant on production parts
 fresh database each), Redis (a private redis-server, a database each; so no other worker of a
 shared machine takes the messages) and a local folder as storage. A variant's worker may run
 another checkout of genfarm (a folder, e.g. from `git archive`) or other settings
-(``"name folder K=V ..."``, e.g. ``GENFARM_UNIT_SIZE=1`` or ``OMP_WAIT_POLICY=``), and the
+(``"name folder K=V ..."``, e.g. ``GENFARM_UNIT_SIZE=1`` or ``OMP_WAIT_POLICY=PASSIVE``), and the
 variants take turns job by job, so that they see the same noise on a shared machine. Each job is
 the default generate model (profile default, 128x128) or noop (no model); the submission and
 the client run this checkout. Before each job its worker sits idle for ``--gap`` seconds.

@@ -1,6 +1,7 @@
 """The default generate model through the whole farm against the same model in a bare loop.
 
     python benchmarks/pipeline.py [--jobs 480] [--size 128] [--rounds 3] [--embedded]
+                                  [--worker-env K=V ...] [--logs DIR]
 
 Farm: one real `genfarm worker` process (its default pass sizes: measured, see
 workers/passes.py), PostgreSQL, Redis and a local folder; a warm-up batch first (it loads the
@@ -98,7 +99,12 @@ def main() -> None:
     parser.add_argument("--pg", default=os.environ.get(
         "GENFARM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="K=V",
+                        help="an environment variable for the farm's workers only (repeatable), "
+                             "e.g. OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs (each unit's phases) here")
     args = parser.parse_args()
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
 
     tmp = Path(tempfile.mkdtemp(prefix="genfarm-pipeline-"))
     url = create_pg_database(args.pg)
@@ -113,7 +119,8 @@ def main() -> None:
         redis.Redis.from_url(args.redis).flushdb()
         workers = {}
         for name, env in farms.items():
-            env.update({"GENFARM_MODEL_PROFILE": "default", "GENFARM_RECONCILE_INTERVAL": "3600"})
+            env.update({"GENFARM_MODEL_PROFILE": "default", "GENFARM_RECONCILE_INTERVAL": "3600",
+                        **worker_env})
             env.setdefault("GENFARM_DATA_DIR", str(tmp / "data"))
             upgrade(Settings(**{k.removeprefix("GENFARM_").lower(): v for k, v in env.items()
                                 }).resolved_database_url())
@@ -159,6 +166,7 @@ def main() -> None:
             "model": "aether (default profile, shipped weights)", "cpus": os.cpu_count(),
             "compute": "float64 on the CPU (GENFARM_EXACT_CPU=true, the default)",
             "farm": "one genfarm worker process; production: PostgreSQL, Redis, local folder",
+            "worker_env": worker_env,
             "pass_sizes_measured": chosen, "rounds": rounds, "median": median,
             "ratio": median["ratio_production"],
         }, indent=2))
@@ -167,6 +175,10 @@ def main() -> None:
             if proc.poll() is None:
                 stop(proc)
         drop_pg_database(args.pg, url)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log_file in tmp.glob("*.log"):
+                shutil.copy(log_file, args.logs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -72,7 +72,7 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
         if not served:
             raise click.ClickException("this machine can load none of the models")
     click.echo(f"serving models: {', '.join(served)}", err=True)
-    torch_threads_sleep()
+    torch_threads_wait()
     app = make_app(settings, models=served)
     argv = ["worker", "-Q", queues or ",".join(catalog.queues(served)), "-c", str(concurrency),
             "-P", pool,
@@ -84,16 +84,20 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
     app.worker_main(argv)
 
 
-def torch_threads_sleep() -> None:
-    """Torch's CPU threads (OpenMP) sleep while they wait instead of spinning, unless the
-    environment says otherwise (OMP_WAIT_POLICY): set before the pool processes import torch,
-    which reads it once.
+def torch_threads_wait() -> None:
+    """Torch's CPU threads (OpenMP) spin a bounded while (GOMP_SPINCOUNT, about 3 ms) before
+    they sleep between the operations of a pass, unless the environment chooses
+    (OMP_WAIT_POLICY or GOMP_SPINCOUNT): set before the pool processes import torch, which
+    reads it once.
 
-    A spinning thread holds a core that the pass's other threads, the uploads, the database and
-    the broker need: on 2 shared cores a float64 pass of one 128x128 image took 250 to 410 ms
-    spinning and 50 to 130 ms sleeping, a pass of 4 1.1 to 1.3 s against 0.45 to 0.6 s, a pass
-    of 16 no longer (benchmarks/latency.py shows an idle worker's passes as device_ms)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    Small passes are hundreds of short operations: threads that sleep at once pay a wake-up
+    for each. On 2 shared cores a float64 pass of one 128x128 image ran at 39 images/s
+    sleeping and 56 spinning (benchmarks/pipeline.py, the worker's measured pass sizes), and
+    an idle worker's one job took 38 ms of device time sleeping, 32 spinning
+    (benchmarks/latency.py): the bound keeps a spinning thread from holding a core that the
+    uploads, the database and the broker need for longer than that."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 
 
 @click.command()
@@ -112,7 +116,7 @@ def demo(settings: Settings, project: str) -> None:
     click.echo(printable(f"database: {redact(url)}\nbroker:   {redact(settings.resolved_broker_url())}\n"
                          f"storage:  {settings.resolved_storage_url()}", multiline=True))
     upgrade(url)
-    torch_threads_sleep()
+    torch_threads_wait()
     catalog = load_catalog(settings)
     family = next((catalog.family(m) for m in catalog.models if catalog.family(m).demo), None)
     if family is None:

@@ -42,6 +42,18 @@ def record_pass(session: Session, batch_key: str, device: str, jobs: int, units:
               "updated_at": stmt.excluded.updated_at}))
 
 
+def record_passes(session: Session, passes: Iterable[tuple[str, str, int, float, float]]
+                  ) -> None:
+    """Add many passes (batch key, device, jobs, units, seconds): one upsert per key and device,
+    since throughput only adds up."""
+    totals: dict[tuple[str, str], tuple[int, float, float]] = {}
+    for key, device, jobs, units, seconds in passes:
+        n, u, t = totals.get((key, device), (0, 0.0, 0.0))
+        totals[(key, device)] = (n + jobs, u + units, t + seconds)
+    for (key, device), (n, u, t) in totals.items():
+        record_pass(session, key, device, n, u, t)
+
+
 @dataclass
 class Group:
     """The jobs of one batch key in a manifest, and what they are estimated to cost."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, String, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import JSON, String, and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobs.models import Job, JobEvent, Output, UnitPulse, UTCDateTime, utcnow
@@ -284,12 +284,19 @@ def record(session: Session, owner: str, results: Sequence[JobResult],
     succeeded: dict[str, int] = {}
     if ok:
         by_id = {r.job_id: r for r in ok}
-        by_share: dict[float, list[str]] = defaultdict(list)
-        for r in ok:
-            by_share[r.device_seconds].append(r.job_id)
-        for share, ids in by_share.items():
+        for part in _chunks(ok, 2_000):
+            # one statement however many passes the results came from: each pass's share of
+            # device time is picked per row (results recorded together span many passes)
+            by_share: dict[float, list[str]] = defaultdict(list)
+            for r in part:
+                by_share[r.device_seconds].append(r.job_id)
+            shares = list(by_share.items())
+            share: Any = literal(shares[0][0]) if len(shares) == 1 else case(
+                *[(Job.id.in_(ids), literal(s)) for s, ids in shares[:-1]],
+                else_=literal(shares[-1][0]))
             rows = _move(session, update(Job).where(
-                Job.id.in_(ids), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+                Job.id.in_([r.job_id for r in part]), Job.lease_owner == owner,
+                Job.status == JobStatus.RUNNING)
                 .values(status=JobStatus.SUCCEEDED, finished_at=now, lease_owner=None,
                         lease_expires_at=None, device_seconds=Job.device_seconds + share,
                         progress=1.0),

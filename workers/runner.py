@@ -27,7 +27,7 @@ from jobs.batches import finalize_if_done
 from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
 from jobs.errors import GenfarmError, PipelineError
-from jobs.estimates import record_pass
+from jobs.estimates import record_passes
 from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
 from jobs.registry import default_cost
@@ -477,8 +477,7 @@ class Runtime:
         t = time.perf_counter()
         with self.sessions.begin() as session:
             ok, failed, requeued = lifecycle.record(session, owner, results)
-            for throughput in passes:
-                record_pass(session, *throughput)
+            record_passes(session, passes)
         report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)

@@ -156,3 +156,24 @@ def test_a_silent_unit_loses_its_jobs_and_a_pulsing_one_keeps_them(sessions) -> 
         lifecycle.pulse_end(s, "host:1:3:alive")
         # a unit that ended but whose jobs are still running (a pulse row lost) keeps its lease
         assert lifecycle.expire_silent_units(s, 8.0, now + timedelta(seconds=60)) == 0
+
+
+def test_results_of_many_passes_are_recorded_together_each_with_its_own_share(sessions) -> None:  # type: ignore[no-untyped-def]
+    """Grouped records span passes of different lengths: one call, each job its pass's share
+    of device time and its own outputs, and a job another worker holds is left alone."""
+    ids = make_batch(sessions, 7)
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids[:6], "w1", 60)
+        lifecycle.claim(s, ids[6:], "w2", 60)
+    shares = [0.125, 0.25, 0.25, 0.5, 1.0, 2.0, 4.0]
+    results = [JobResult(j, [OutputRecord("a.bin", f"k/{j}", "0" * 64, i + 1, "x/y")], share)
+               for i, (j, share) in enumerate(zip(ids, shares, strict=True))]
+    with sessions.begin() as s:
+        ok, failed, requeued = lifecycle.record(s, "w1", results)
+    assert ok == set(ids[:6]) and not failed and not requeued
+    with sessions() as s:
+        jobs = {j.id: j for j in s.scalars(select(Job))}
+        outputs = dict(s.execute(select(Output.job_id, Output.bytes)).all())
+    assert [jobs[j].device_seconds for j in ids[:6]] == shares[:6]
+    assert jobs[ids[6]].status == "running" and jobs[ids[6]].device_seconds == 0
+    assert outputs == {j: i + 1 for i, j in enumerate(ids[:6])}
