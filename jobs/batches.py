@@ -180,26 +180,34 @@ def manifest_lines(session: Session, batch_id: str) -> bytes:
 
 
 def _manifest(session: Session, batch_id: str) -> tuple[bytes, dict[str, int]]:
-    """The manifest and the jobs per state, from one query (jobs joined to their outputs)."""
+    """The manifest and the jobs per state, from one query (jobs joined to their outputs), as
+    plain rows: a batch of 100,000 jobs is no 200,000 ORM objects."""
     rows = session.execute(
-        select(Job, Output).outerjoin(Output, Output.job_id == Job.id)
+        select(Job.id, Job.index, Job.kind, Job.params, Job.status, Job.attempt, Job.error,
+               Job.device_seconds, Job.reused_from, Output.name, Output.key, Output.sha256,
+               Output.bytes, Output.content_type)
+        .outerjoin(Output, Output.job_id == Job.id)
         .where(Job.batch_id == batch_id).order_by(Job.index, Output.name))
-    jobs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
-    for job, out in rows:
-        outputs = jobs.setdefault(job.id, (job, []))[1]
-        if out is not None:
-            outputs.append({"name": out.name, "key": out.key, "sha256": out.sha256,
-                            "bytes": out.bytes, "content_type": out.content_type})
     lines: list[str] = []
     counts: dict[str, int] = {}
-    for job, outputs in jobs.values():
-        counts[str(job.status)] = counts.get(str(job.status), 0) + 1
-        lines.append(json.dumps({
-            "job_id": job.id, "index": job.index, "kind": job.kind, "params": job.params,
-            "status": job.status, "attempts": job.attempt, "error": job.error,
-            "device_seconds": round(job.device_seconds, 4), "outputs": outputs,
-            "reused_from": job.reused_from,
-        }, sort_keys=True))
+    dumps = json.JSONEncoder(sort_keys=True).encode
+    job: dict[str, Any] | None = None
+    for (job_id, index, kind, params, status, attempt, error, device_seconds, reused_from,
+         name, key, sha256, size, content_type) in rows:
+        if job is None or job["job_id"] != job_id:
+            if job is not None:
+                lines.append(dumps(job))
+            status = str(status)
+            counts[status] = counts.get(status, 0) + 1
+            job = {"job_id": job_id, "index": index, "kind": kind, "params": params,
+                   "status": status, "attempts": attempt, "error": error,
+                   "device_seconds": round(device_seconds, 4), "outputs": [],
+                   "reused_from": reused_from}
+        if name is not None:
+            job["outputs"].append({"name": name, "key": key, "sha256": sha256, "bytes": size,
+                                   "content_type": content_type})
+    if job is not None:
+        lines.append(dumps(job))
     return ("\n".join(lines) + "\n").encode(), counts
 
 
