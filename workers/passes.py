@@ -3,7 +3,7 @@ device and dtype, found by measuring real passes and shared with every worker th
 database.
 
 A key nobody has measured yet is probed on its own jobs: passes of 1, 2, 4, ... up to the
-worker's largest (``--max-batch``), twice each, steady passes only (not a process's first pass
+worker's largest (``--max-batch``), twice each and at least 8 jobs' worth, steady passes only (not a process's first pass
 of a key, nor one after the worker sat idle). The best rate wins and is written to
 ``pass_sizes``; other workers read it at their first pass of the key. Real passes keep it up to
 date: now and then one pass runs at a neighbour size (half or double), and the best of the
@@ -25,7 +25,8 @@ from jobs.models import PassSize, utcnow
 
 log = logging.getLogger("genfarm.passes")
 
-SAMPLES = 2  # steady passes per size while probing
+SAMPLES = 2  # steady passes per size while probing ...
+PROBE_JOBS = 8  # ... and at least this many jobs: one pass of 1 is a few ms, easily unlucky
 RECENT = 8  # rates kept per size afterwards
 REPROBE_EVERY = 40  # passes at the best size between two passes at a neighbour size
 REREAD_S = 600.0  # how long a size read from the database is trusted before it is read again
@@ -46,11 +47,17 @@ class _Key:
     best: int | None = None
     read_at: float = 0.0
     since_probe: int = 0
+    turn: int = -1  # which neighbour the next check of a drift tries
     warmed: bool = False  # a process's first pass of a key pays one-time costs: not a guide
 
     def rate(self, size: int) -> float:
         got = self.rates.get(size)
         return max(got) if got else 0.0
+
+
+def _probed(k: _Key, size: int) -> bool:
+    """Whether probing has measured enough passes of ``size``."""
+    return len(k.rates.get(size, ())) >= max(SAMPLES, -(-PROBE_JOBS // size))
 
 
 class PassSizes:
@@ -70,9 +77,11 @@ class PassSizes:
             return self._next_probe(k, largest)
         if k.since_probe >= REPROBE_EVERY:  # a neighbour, now and then: rates drift
             k.since_probe = 0
-            for other in (k.best * 2, k.best // 2):
-                if 1 <= other <= largest and len(k.rates.get(other, ())) < RECENT:
-                    return other
+            # double and half in turn: a size on either side can take over
+            near = [o for o in (k.best * 2, k.best // 2) if 1 <= o <= largest]
+            if near:
+                k.turn += 1
+                return near[k.turn % len(near)]
         return min(k.best, largest)
 
     def settled(self, batch_key: str, size: int) -> bool:
@@ -100,7 +109,7 @@ class PassSizes:
                 k.best = best
                 self._store(batch_key, k)
             return
-        if all(len(k.rates.get(s, ())) >= SAMPLES for s in probe_sizes(largest)):
+        if all(_probed(k, s) for s in probe_sizes(largest)):
             k.best = max(probe_sizes(largest), key=k.rate)
             log.info("passes of %s on %s (%s): %s jobs/s by size; %d chosen", batch_key,
                      self.device, self.dtype,
@@ -109,7 +118,7 @@ class PassSizes:
 
     def _next_probe(self, k: _Key, largest: int) -> int:
         for s in probe_sizes(largest):
-            if len(k.rates.get(s, ())) < SAMPLES:
+            if not _probed(k, s):
                 return s
         return largest
 

@@ -39,8 +39,9 @@ def test_probe_then_choose_the_best_rate_and_share_it(sessions: sessionmaker[Ses
     # float64 on a CPU: small passes make more images a second than large ones
     cost = {1: 0.016, 2: 0.015, 4: 0.020, 8: 0.030, 16: 0.042, 32: 0.05}
     first = PassSizes(sessions, "cpu", "float64")
-    sizes = run(first, cost, 16, 11)
-    assert sizes == [1, 1, 1, 2, 2, 4, 4, 8, 8, 16, 16]  # the first pass warms up, unmeasured
+    sizes = run(first, cost, 16, 19)
+    # the first pass warms up, unmeasured; then each size for two passes and at least 8 jobs
+    assert sizes == [1] * 9 + [2] * 4 + [4, 4, 8, 8, 16, 16]
     assert run(first, cost, 16, 5) == [2] * 5
     with sessions() as s:
         [row] = s.scalars(select(PassSize)).all()
@@ -57,11 +58,14 @@ def test_probe_then_choose_the_best_rate_and_share_it(sessions: sessionmaker[Ses
 def test_the_best_size_follows_the_rates_as_they_drift(sessions: sessionmaker[Session]) -> None:
     passes = PassSizes(sessions, "cpu", "float32")
     before = {1: 0.02, 2: 0.012, 4: 0.02, 8: 0.03}
-    run(passes, before, 8, 9)
+    run(passes, before, 8, 17)
     assert passes.size(KEY, 8) == 2
     after = {1: 0.02, 2: 0.012, 4: 0.006, 8: 0.03}  # 4 became the best (another load, say)
     sizes = run(passes, after, 8, 3 * (REPROBE_EVERY + 2))
     assert 4 in sizes[: REPROBE_EVERY + 2]  # a neighbour is tried now and then
     assert sizes[-5:] == [4] * 5
+    # ... on both sides of the best, in turn
+    later = run(passes, after, 8, 4 * (REPROBE_EVERY + 1))
+    assert {s for s in later if s != 4} == {2, 8}
     with sessions() as s:
         assert s.scalars(select(PassSize.best)).one() == 4
