@@ -184,6 +184,12 @@ class Options(BaseModel):
 
     profile: Literal["tiny", "default", "large"] | None = Field(
         None, description="Network size [default: GENFARM_MODEL_PROFILE].")
+    autocast: Literal["auto", "bfloat16", "float16", "off"] = Field(
+        "auto", description="Mixed precision on CUDA (auto: bfloat16 where the GPU has it, "
+        "else float16); the CPU computes in its own dtype (GENFARM_EXACT_CPU).")
+    compile: bool = Field(
+        False, description="torch.compile the image synthesis (each pass size compiles once "
+        "per process, on first use).")
 
 
 def batch_key(kind: str, params: Any) -> str:

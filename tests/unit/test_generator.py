@@ -173,3 +173,19 @@ def test_family_contract_is_checked() -> None:
     fam.setup("cpu", torch.float32)
     with pytest.raises(PipelineError, match="exactly one result per job"):
         fam.run([context("generate", {}, 0), context("generate", {}, 1)])
+
+
+def test_compiled_synthesis_makes_the_images_of_eager(tmp_path: Path) -> None:
+    """The ``compile`` option of a models file: torch.compile of the synthesis, the same images
+    as eager (float32 on the CPU: within a grey level), and the model is still the same one."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models.fast]\nfamily = "aether"\n'
+                      'options = { profile = "tiny", compile = true, autocast = "off" }\n')
+    eager = family("tiny", exact_cpu=False)
+    compiled = family("tiny", model="fast", exact_cpu=False, models_file=models)
+    assert isinstance(compiled, AetherFamily) and compiled.synthesize is not \
+        compiled.model_module.synthesize
+    jobs = [params(seed, 64, yaw=float(seed * 11)) for seed in range(4)]
+    got = [pipe.images(jobs).int() for pipe in (eager, compiled)]
+    assert (got[0] - got[1]).abs().max() <= 1 and got[0].float().std() > 5
+    assert compiled.provenance()["weights_sha256"] == eager.provenance()["weights_sha256"]

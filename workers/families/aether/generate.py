@@ -22,6 +22,14 @@ class AetherBase(Family):
         self.loaded: LoadedModel = load_model(self.model, self.settings, device, dtype)
         self.model_module = self.loaded.module
         self.dtype = self.loaded.dtype
+        self.cuda = torch.device(device).type == "cuda"
+        self.half = cuda_autocast(str(self.model.options.get("autocast", "auto"))) \
+            if self.cuda else None
+        if self.cuda:  # the super-resolution convolutions run at the output size
+            self.model_module.superres.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.synthesize = self.model_module.synthesize
+        if self.model.options.get("compile"):
+            self.synthesize = torch.compile(self.synthesize, dynamic=False)
 
     @property
     def net(self) -> Any:
@@ -31,7 +39,9 @@ class AetherBase(Family):
         return {**self.loaded.provenance(), "family": self.model.family}
 
     def autocast(self) -> Any:
-        return torch.autocast("cuda", enabled=self.device.startswith("cuda"))
+        """Mixed precision on CUDA (the model's ``autocast`` option); none elsewhere."""
+        return torch.autocast("cuda", dtype=self.half or torch.float16,
+                              enabled=self.half is not None)
 
     def images(self, sources: list[dict[str, Any]], ws: torch.Tensor | None = None,
                cameras: list[dict[str, Any]] | None = None,
@@ -44,7 +54,7 @@ class AetherBase(Family):
         cam = Camera.of(cameras or sources, dev, self.dtype)
         h, w = size or (sources[0]["height"], sources[0]["width"])
         with self.autocast():
-            return to_uint8(self.net.synthesize(ws, cam, (h, w)))
+            return to_uint8(self.synthesize(ws, cam, (h, w)))
 
     def w(self, sources: list[dict[str, Any]]) -> torch.Tensor:
         trunc = torch.tensor([float(p.get("truncation", 0.7)) for p in sources],
@@ -57,6 +67,16 @@ class AetherBase(Family):
         h, w = pixels.shape[0], pixels.shape[1]
         return Artifact(name, "image/png", lambda: encode_png(raw, w, h, prov),
                         metadata=s3_metadata(prov))
+
+
+def cuda_autocast(option: str) -> torch.dtype | None:
+    """The dtype of the ``autocast`` option on this process's GPU, or None for off."""
+    if option == "off":
+        return None
+    if option == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype: torch.dtype = getattr(torch, option)
+    return dtype
 
 
 class GenerateOps(AetherBase):

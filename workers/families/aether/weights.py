@@ -145,6 +145,14 @@ def export_checkpoint(entry: ModelEntry, profile: str, path: Path,
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) on the CPU."""
+    """[-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3) on the CPU. From a GPU, made uint8 there
+    (a quarter of the bytes to copy) and copied into pinned host memory without blocking the
+    stream, then waited for once."""
     pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().cpu()
+    pixels = pixels.permute(0, 2, 3, 1).contiguous()
+    if pixels.device.type != "cuda":
+        return pixels.cpu()
+    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(pixels, non_blocking=True)
+    torch.cuda.current_stream(pixels.device).synchronize()
+    return host
