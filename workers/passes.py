@@ -3,12 +3,12 @@ device and dtype, found by measuring real passes and shared with every worker th
 database.
 
 A key nobody has measured yet is probed on its own jobs: passes of 1, 2, 4, ... up to the
-worker's largest (``--max-batch``), twice each and at least 8 jobs' worth, steady passes only (not a process's first pass
-of a key, nor one after the worker sat idle). The best rate wins and is written to
-``pass_sizes``; other workers read it at their first pass of the key. Real passes keep it up to
-date: now and then one pass runs at a neighbour size (half or double), and the best of the
-recent rates is kept. Out of memory still caps a key below whatever was measured (the
-runner's ``fits``).
+worker's largest (``--max-batch``), twice each and at least 8 jobs' worth, steady passes only
+(not a process's first pass of a key, nor one after the worker sat idle). The best rate wins
+and is written to ``pass_sizes``; other workers read it at their first pass of the key. Real
+passes keep it up to date: now and then one pass runs at a neighbour size (double, then half),
+and the best of the recent rates is kept. Out of memory still caps a key below whatever was
+measured (the runner's ``fits``).
 """
 
 from __future__ import annotations

@@ -223,7 +223,9 @@ def test_warm_shutdown_hands_unstarted_jobs_back(tmp_path: Path, workers: Worker
     env = farm_env(tmp_path, pg_url, redis_url, storage_url, GENFARM_LEASE_SECONDS="300",
                    GENFARM_REPUBLISH_AFTER_SECONDS="300")
     upgrade(pg_url)
-    batch = submit(env, tmp_path, generate(256))
+    # 256x256: a unit's 64 jobs take seconds however fast the worker's passes get, so the
+    # shutdown lands mid-unit
+    batch = submit(env, tmp_path, generate(256, size=256))
     db = Db(pg_url)
     first = workers.start(env, "--max-batch", "4")
     # mid-unit: some passes recorded and at least three more passes' worth still claimed
