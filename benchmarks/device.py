@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.models import gen_params  # noqa: E402
+from benchmarks.models import contexts, gen_params  # noqa: E402
 from jobs.catalog import ModelEntry  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
 from workers.families.aether import AetherFamily  # noqa: E402
@@ -42,14 +42,13 @@ def measure(fam: AetherFamily, batch: int, size: int, seconds: float, cuda: bool
     encode = ThreadPoolExecutor(8)
     seed = 0
 
-    def contexts() -> list[JobContext]:
+    def jobs() -> list[JobContext]:
         nonlocal seed
         seed += batch
-        return [JobContext(f"j{seed + i}", "b", "p", 1, "generate", gen_params(seed + i, size),
-                           None) for i in range(batch)]  # type: ignore[arg-type]
+        return contexts("generate", [gen_params(seed + i, size) for i in range(batch)], None)
 
     t = time.perf_counter()
-    for arts in fam.run(contexts()):  # warm-up (and compilation)
+    for arts in fam.run(jobs()):  # warm-up (and compilation)
         arts[0].encode()  # type: ignore[index]
     warm = time.perf_counter() - t
     busy = 0.0
@@ -61,7 +60,7 @@ def measure(fam: AetherFamily, batch: int, size: int, seconds: float, cuda: bool
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
         t = time.perf_counter()
-        results = fam.run(contexts())
+        results = fam.run(jobs())
         if cuda:
             end.record()
             end.synchronize()

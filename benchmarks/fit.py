@@ -28,11 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from workers.families.aether.network import reference_generator  # noqa: E402
 from workers.families.aether.scenes import random_cameras, render_sdf, scene_of  # noqa: E402
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """dB, images in [-1, 1] measured in [0, 1]."""
-    return round(10 * math.log10(4 / float(F.mse_loss(pred, target))), 2)
+from workers.families.aether.train import cosine_lr, psnr  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +50,7 @@ def main() -> None:
     running = 0.0
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+            group["lr"] = cosine_lr(args.lr, step, args.steps)
         cam = random_cameras(8, gen)
         z = z_all[torch.randint(0, args.scenes, (8,), generator=gen)]
         with torch.no_grad():

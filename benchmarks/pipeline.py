@@ -9,8 +9,9 @@ model and lets the worker measure its pass sizes), then each round submits JOBS 
 and times submission to the batch's finish. Bare loop: the same family in this process, on
 the same jobs: forward pass, PNG encoding, a file written per job, at each pass size of 1, 2,
 4, 8 and 16. Rounds alternate the two, so both see the same noise on a shared machine; the
-summary compares medians over rounds, the bare loop's at the pass size with the best median. ``--embedded`` also times the farm on its embedded default (SQLite, the
-filesystem broker). Prints one JSON object.
+summary compares medians over rounds, the bare loop's at the pass size with the best median.
+``--embedded`` also times the farm on its embedded default (SQLite, the filesystem broker).
+Prints one JSON object.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ class AetherBase(Family):
         self.loaded: LoadedModel = load_model(self.model, self.settings, device, dtype)
         self.model_module = self.loaded.module
         self.dtype = self.loaded.dtype
-        self.cuda = torch.device(device).type == "cuda"
+        cuda = torch.device(device).type == "cuda"
         self.half = cuda_autocast(str(self.model.options.get("autocast", "auto"))) \
-            if self.cuda else None
-        if self.cuda:  # the super-resolution convolutions run at the output size
+            if cuda else None
+        if cuda:  # the super-resolution convolutions run at the output size
             self.model_module.superres.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.synthesize = self.model_module.synthesize
         if self.model.options.get("compile"):

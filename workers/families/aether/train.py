@@ -79,6 +79,17 @@ def styles(model: TriplaneGenerator, zz: torch.Tensor, trunc: torch.Tensor, mix_
     return ws
 
 
+def cosine_lr(base: float, step: int, steps: int) -> float:
+    """The learning rate at ``step`` of ``steps``: a cosine from ``base`` down to 5% of it."""
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """dB of images in [-1, 1], measured in [0, 1], rounded to 0.01."""
+    mse = float(F.mse_loss(pred, target)) / 4
+    return round(10 * math.log10(1 / mse), 2)
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TriplaneGenerator:
     """Train from the seeded reference weights; returns the model in eval mode."""
     torch.manual_seed(cfg.seed)
@@ -89,7 +100,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TriplaneGener
     running = 0.0
     k = cfg.batch - int(round(cfg.batch * cfg.mix))
     for step in range(cfg.steps):
-        lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        lr = cosine_lr(cfg.lr, step, cfg.steps)
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50)  # a short warm-up
         if step % 20 == 0:
@@ -140,7 +151,5 @@ def evaluate(model: TriplaneGenerator, seeds: list[int], size: int = 128, trunca
     out = {}
     for name, c in (("psnr", cam), ("psnr_turned", replace(cam, yaw=cam.yaw + turn))):
         pred = model.synthesize(ws, c, (size, size)).clamp(-1, 1)
-        target = render_sdf(scene, c, size, steps=48)
-        mse = float(F.mse_loss(pred, target)) / 4  # [-1, 1] -> [0, 1]
-        out[name] = round(10 * math.log10(1 / mse), 2)
+        out[name] = psnr(pred, render_sdf(scene, c, size, steps=48))
     return out
