@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     webhook_threads: int = Field(
         4, ge=1, le=64, description="Webhook deliveries a worker sends at once (each in its own "
         "thread, so a slow receiver holds up only its own).")
+    flower_sent_events: bool = Field(
+        False, description="Also send Celery's task-sent event for every work unit published, "
+        "so Flower lists units before a worker receives them: one more broker message per unit "
+        "(a 100,000-job submission publishes 1,563 units). Off: Flower lists a unit from its "
+        "task-received event on; queue lengths show the backlog either way.")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(None, description="Flower basic-auth password (required).")
     models_file: Path | None = Field(

@@ -64,7 +64,8 @@ def make_app(settings: Settings, models: Sequence[str] | None = None) -> Celery:
         task_serializer="json", accept_content=["json"], result_serializer="json",
         task_ignore_result=True, result_backend=None,
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
-        worker_send_task_events=True, task_send_sent_event=True,  # for Flower
+        # for Flower: the worker's task events; task-sent only on request (a message per unit)
+        worker_send_task_events=True, task_send_sent_event=settings.flower_sent_events,
         broker_connection_retry_on_startup=True, broker_connection_max_retries=None,
         # one queue per model (and one for its long jobs): Flower lists each, by model
         task_queues=[Queue(name, queue_arguments=_queue_arguments(settings))

@@ -69,3 +69,38 @@ def test_job_priorities_map_onto_message_priorities(url: str, priority: int,
                                                     expected: int, tmp_path: Path) -> None:
     app = make_app(Settings(_env_file=None, broker_url=url, data_dir=tmp_path))
     assert message_priority(app, priority) == expected
+
+
+def _published_events(settings: Settings, batch: list[WorkUnit]) -> list[str]:
+    """The Celery event types (task.sent, ...) published on Redis while ``batch`` is published."""
+    import base64
+    import json
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(str(settings.broker_url))
+    events = client.pubsub()
+    events.psubscribe("*celeryev*")
+    events.get_message(timeout=2)  # the subscription's confirmation
+    publisher(make_app(settings))(batch)
+    seen, deadline = [], time.monotonic() + 2
+    while time.monotonic() < deadline:
+        message = events.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage":  # kombu's envelope, the event in its body
+            body = base64.b64decode(json.loads(message["data"])["body"])
+            seen.append(json.loads(body)["type"])
+    events.close()
+    client.close()
+    return seen
+
+
+def test_units_are_published_without_a_sent_event_unless_flower_asks(redis_url: str,
+                                                                      tmp_path: Path) -> None:
+    """A unit is one broker message: the task-sent event (another message per unit, for Flower's
+    list of units not yet received) only with GENFARM_FLOWER_SENT_EVENTS."""
+    quiet = Settings(_env_file=None, broker_url=redis_url, data_dir=tmp_path)
+    assert _published_events(quiet, units()) == []
+    loud = Settings(_env_file=None, broker_url=redis_url, data_dir=tmp_path,
+                    flower_sent_events=True)
+    assert _published_events(loud, units()) == ["task-sent"] * len(units())
