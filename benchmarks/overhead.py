@@ -1,12 +1,15 @@
 """Farm overhead: N null-model jobs through genfarm (work units, claims, bulk records, parallel
 uploads) against the naive pipeline (one task, two updates and one write per job), same run.
 
-    python benchmarks/overhead.py [--jobs 10000] [--workers 2] [--storage s3]
+    python benchmarks/overhead.py [--jobs 10000] [--workers 2] [--storage s3] [--storage-dir DIR]
 
 Needs Redis and PostgreSQL (tests/services.sh starts them). Storage is a local folder by
-default; `--storage s3` starts moto's server on loopback and measures through it (moto takes a
-few hundred PUTs a second, so that figure measures moto as much as either pipeline).
-Prints one JSON object.
+default, in the system's temporary folder or ``--storage-dir``: each job's output is a folder
+and a file there, and ``folder_create_us`` reports what the folder charges for each (on a
+virtual machine's disk, hundreds of microseconds: a floor under both pipelines; ``--storage-dir
+/dev/shm`` takes it out, leaving the pipelines' own costs). `--storage s3` starts moto's server
+on loopback and measures through it (moto takes a few hundred PUTs a second, so that figure
+measures moto as much as either pipeline). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -69,6 +72,23 @@ def wait_until(predicate, timeout: float = 600, poll: float = 0.02) -> float:  #
     raise TimeoutError("timed out")
 
 
+def create_cost_us(root: Path, n: int = 500) -> dict[str, float]:
+    """Microseconds per mkdir and per file creation in ``root`` (a job's output is one of each),
+    medians of ``n``: the storage's own floor under any pipeline writing there."""
+    probe = root / ".probe"
+    probe.mkdir()
+    made: dict[str, list[float]] = {"mkdir": [], "create": []}
+    for i in range(n):
+        t = time.perf_counter()
+        os.mkdir(probe / str(i))
+        t1 = time.perf_counter()
+        os.close(os.open(probe / str(i) / "f", os.O_WRONLY | os.O_CREAT, 0o666))
+        made["mkdir"].append(t1 - t)
+        made["create"].append(time.perf_counter() - t1)
+    shutil.rmtree(probe)
+    return {k: round(sorted(v)[n // 2] * 1e6, 1) for k, v in made.items()}
+
+
 def run_genfarm(settings: Settings, sessions, n: int) -> float:  # type: ignore[no-untyped-def]
     specs = parse_manifest(json.dumps({"kind": "noop", "tag": {"range": [0, n]}}))
     app = make_app(settings)
@@ -119,6 +139,9 @@ def main() -> None:
                         help="alternate the two pipelines this many times; report the median")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for each pipeline")
     parser.add_argument("--storage", default="local", help="local, or s3 (moto on loopback)")
+    parser.add_argument("--storage-dir", type=Path, help="where the local folder storage lives "
+                        "(default: the system's temporary folder); e.g. /dev/shm, to take the "
+                        "disk's cost of creating files out of both pipelines")
     parser.add_argument("--pg", default=os.environ.get(
         "GENFARM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11")
@@ -129,6 +152,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="genfarm-bench-"))
     url = create_pg_database(args.pg)
     procs: list[subprocess.Popen[bytes]] = []
+    cleanup = [tmp]
+    folder_cost: dict[str, float] | None = None
     env = {"GENFARM_DATABASE_URL": url, "GENFARM_BROKER_URL": args.redis,
            "GENFARM_DATA_DIR": str(tmp / "data"), "GENFARM_UNIT_SIZE": str(args.unit_size),
            "GENFARM_MAX_BATCH": str(args.max_batch), "GENFARM_RECONCILE_INTERVAL": "3600"}
@@ -147,7 +172,10 @@ def main() -> None:
             os.environ.update(S3_ENV, AWS_ENDPOINT_URL=env["AWS_ENDPOINT_URL"])
             boto3.client("s3").create_bucket(Bucket="bench")
         else:
-            env["GENFARM_STORAGE_URL"] = (tmp / "out").as_uri()
+            out = Path(tempfile.mkdtemp(prefix="genfarm-bench-out-", dir=args.storage_dir))
+            cleanup.append(out)
+            env["GENFARM_STORAGE_URL"] = out.as_uri()
+            folder_cost = create_cost_us(out)
         os.environ.update(env)
         import redis
 
@@ -179,7 +207,10 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "overhead", "jobs": args.jobs, "worker_processes": args.workers,
             "storage": "s3 (moto server on loopback)" if args.storage == "s3" else "local folder",
-            "storage_path": str(tmp), "broker": "redis", "database": "postgresql",
+            "storage_path": env["GENFARM_STORAGE_URL"], "broker": "redis",
+            # what the folder charges per job before either pipeline does anything (each job's
+            # output is a folder and a file: two inodes), measured on it before the runs
+            "folder_create_us": folder_cost, "database": "postgresql",
             "cpus": os.cpu_count(), "unit_size": settings.unit_size,
             "max_batch": settings.max_batch, "rounds": rounds,
             "median": median, "ratio": median["ratio"],
@@ -188,7 +219,8 @@ def main() -> None:
         for proc in procs:
             stop(proc)
         drop_pg_database(args.pg, url)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 from storage.base import Storage
 from storage.errors import BadKey, ObjectNotFound
 
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
 
 class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
@@ -34,11 +36,18 @@ class LocalStorage(Storage):
             pass
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-        # write then rename: readers never see half an object, a crash leaves no partial file
+        # write then rename: readers never see half an object, a crash leaves no partial file.
+        # os.open, not open(): a file object costs two more syscalls (fstat, isatty), each
+        # one more hand-over of the GIL between the upload threads
         tmp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            fd = os.open(tmp, _WRITE, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -37,6 +37,11 @@ def test_local_put_get_checksum_and_listing(tmp_path: Path) -> None:
     store.put(key, b"again", "image/png")  # a rerun overwrites the same object
     assert store.get(key) == b"again"
     assert store.read_head(key, 3) == b"aga" and store.read_head(key, 99) == b"again"
+    big = hashlib.sha256(b"x").digest() * 200_000  # 6.4 MB: more than one write may take
+    store.put(key, big, "image/png")
+    assert store.get(key) == big
+    store.put(key, b"ok", "image/png")  # a shorter object leaves nothing of the longer one
+    assert store.get(key) == b"ok" and (tmp_path / "out" / key).stat().st_size == 2
     assert list(store.list("acme/")) == ["acme/b1/j1/image.png"]
     assert not list((tmp_path / "out" / "acme" / "b1" / "j1").glob(".tmp-*"))
     with pytest.raises(ObjectNotFound):
