@@ -1,6 +1,6 @@
 """Procedural 3D scenes for training the reference weights: each latent z maps through fixed
 smooth functions to one primitive shape (a soft blend of sphere, box, torus, cylinder and cone),
-its size, rotation, colour and material, plus a small satellite sphere of a second colour; an
+its size, its turn about the vertical axis, colour and material, plus a small satellite sphere of a second colour; an
 analytic renderer sphere-traces their signed distance functions with shading.
 
 The renderer uses the generator's own cameras (``network.camera_rays``), so a target and the
@@ -57,13 +57,18 @@ def rotation(angles: torch.Tensor) -> torch.Tensor:
 def scene_of(z: torch.Tensor, truncation: torch.Tensor | None = None) -> Scene:
     """The scene of latents ``z`` (B, z_dim >= 20): z is normalized as the mapping network does,
     then pulled toward 0 (the mean scene) by ``truncation``. Coarse components (0..8) are shape,
-    size and pose; fine ones (9..) colour, material and the satellite."""
+    size and pose (7: the turn about the vertical axis; 6 and 8 are unused); fine ones (9..)
+    colour, material and the satellite."""
     z = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
     if truncation is not None:
         z = z * truncation[:, None]
     shape = torch.softmax(2.5 * z[:, 0:5], dim=1)
     size = 0.42 + 0.08 * torch.tanh(z[:, 5])
-    rot = rotation(0.9 * z[:, 6:9])
+    # upright objects turned about the vertical axis: tilts about the other axes cost the
+    # generator 1.4 dB (2,400 steps: 20.0 dB with them, 21.4 without), its axis-aligned planes
+    # fit a tilted box poorly
+    zero = torch.zeros_like(z[:, 7])
+    rot = rotation(torch.stack([zero, 0.9 * z[:, 7], zero], dim=1))
     hue = torch.atan2(z[:, 10], z[:, 9]) / (2 * math.pi) % 1.0
     sat = 0.55 + 0.4 * torch.sigmoid(1.5 * z[:, 11])
     color = hsv(hue, sat, torch.full_like(hue, 0.92))
