@@ -1,14 +1,19 @@
 """Message priorities on real brokers: a worker serving several models takes the message of
 the higher-priority unit first, whichever queue it is on (within a queue the database's claim
-order decides, see test_scheduling). Redis here; RabbitMQ where one runs on localhost."""
+order decides, see test_scheduling). Redis here; RabbitMQ where one runs on localhost. And a
+unit is one message: Celery's task-sent event only when Flower is asked to list unreceived units."""
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from kombu import Consumer
 
 from jobs.settings import Settings
@@ -72,13 +77,7 @@ def test_job_priorities_map_onto_message_priorities(url: str, priority: int,
 
 
 def _published_events(settings: Settings, batch: list[WorkUnit]) -> list[str]:
-    """The Celery event types (task.sent, ...) published on Redis while ``batch`` is published."""
-    import base64
-    import json
-    import time
-
-    import redis
-
+    """The Celery event types (task-sent, ...) published on Redis while ``batch`` is published."""
     client = redis.Redis.from_url(str(settings.broker_url))
     events = client.pubsub()
     events.psubscribe("*celeryev*")

@@ -1,7 +1,8 @@
 """Procedural 3D scenes for training the reference weights: each latent z maps through fixed
 smooth functions to one primitive shape (a soft blend of sphere, box, torus, cylinder and cone),
-its size, its turn about the vertical axis, colour and material, plus a small satellite sphere of a second colour; an
-analytic renderer sphere-traces their signed distance functions with shading.
+its size, its turn about the vertical axis, colour and material, plus a small satellite sphere
+of a second colour; an analytic renderer sphere-traces their signed distance functions with
+shading.
 
 The renderer uses the generator's own cameras (``network.camera_rays``), so a target and the
 generator's image of the same scene and camera are the same picture when training succeeds.
