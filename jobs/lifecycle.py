@@ -192,10 +192,15 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
     """queued -> running for those of ``job_ids`` that are still queued and due; the rest are skipped."""
     if not job_ids:
         return []
-    now = now or utcnow()
+    return _claim_where(session, Job.id.in_(list(job_ids)), owner, lease_seconds, now or utcnow())
+
+
+def _claim_where(session: Session, which: Any, owner: str, lease_seconds: float,
+                 now: datetime) -> list[ClaimedJob]:
+    """queued -> running for the queued, due jobs ``which`` selects."""
     stmt = (
         update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED, _due(now))
+        .where(which, Job.status == JobStatus.QUEUED, _due(now))
         .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
                 error=None)
@@ -212,24 +217,50 @@ def claim_next(session: Session, queue: str, limit: int, owner: str, lease_secon
     message stands for a unit's worth of work on its queue, not for its own ids. So a
     higher-priority job starts at the next unit, a unit whose own jobs were cancelled or claimed
     runs others instead, and every message takes its whole worth while work is left (the
-    messages of a queue always add up to its jobs)."""
+    messages of a queue always add up to its jobs).
+
+    Each key is claimed by one statement that finds the best key, picks its jobs and moves
+    them (a worker's claim is a round trip, not three); only when that finds nothing to take
+    (no work left, or the best key's jobs all locked by other claims in flight) is the key
+    looked up on its own, to step past it."""
     now = now or utcnow()
     claimed: list[ClaimedJob] = []
     done: list[str] = []  # keys taken to the last job
     while len(claimed) < limit:
-        best = session.scalar(
-            select(Job.batch_key).where(Job.status == JobStatus.QUEUED, Job.queue == queue,
-                                        Job.batch_key.notin_(done), _due(now))
-            .order_by(Job.rank, Job.index).limit(1))
-        if best is None:
-            break
-        claimed += fill(session, best, limit - len(claimed), owner, lease_seconds, now)
-        done.append(best)
+        best = (select(Job.batch_key)
+                .where(Job.status == JobStatus.QUEUED, Job.queue == queue,
+                       Job.batch_key.notin_(done), _due(now))
+                .order_by(Job.rank, Job.index).limit(1))
+        got = _claim_where(session, Job.id.in_(_pick(
+            session, Job.batch_key == best.scalar_subquery(), limit - len(claimed), now)),
+            owner, lease_seconds, now)
+        if got:
+            key = got[0].batch_key
+        else:
+            found = session.scalar(best)
+            if found is None:
+                break
+            key = found
+            got = fill(session, key, limit - len(claimed), owner, lease_seconds, now)
+        claimed += got
+        done.append(key)
     return claimed
 
 
 def _due(now: datetime) -> Any:
     return or_(Job.not_before.is_(None), Job.not_before <= now)
+
+
+def _pick(session: Session, key: Any, limit: int, now: datetime) -> Any:
+    """A SELECT of the ids of up to ``limit`` queued, due jobs of the batch key ``key`` selects,
+    best rank first: those other claims in flight hold are skipped on PostgreSQL."""
+    pick = (select(Job.id).where(Job.status == JobStatus.QUEUED, key, _due(now))
+            .order_by(Job.rank, Job.index).limit(limit))
+    if session.get_bind().dialect.name != "postgresql":
+        return pick
+    # materialized: the pick (and its row locks) happens once, whatever plan the UPDATE gets
+    picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with("MATERIALIZED")
+    return select(picked.c.id)
 
 
 def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
@@ -238,16 +269,8 @@ def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds
     if limit <= 0:
         return []
     now = now or utcnow()
-    pick = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.batch_key == batch_key, _due(now))
-        .order_by(Job.rank, Job.index)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    ids = list(session.scalars(pick))
-    return claim(session, ids, owner, lease_seconds, now)
+    return _claim_where(session, Job.id.in_(_pick(session, Job.batch_key == batch_key, limit, now)),
+                        owner, lease_seconds, now)
 
 
 def set_progress(session: Session, owner: str, job_id: str, progress: float) -> bool:

@@ -42,7 +42,7 @@ from workers.passes import PassSizes
 log = logging.getLogger("genfarm.worker")
 IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for throughput figures)
 
-RECORD_JOBS = 32  # finished passes' outcomes are recorded together, up to this many jobs ...
+RECORD_JOBS = 64  # finished passes' outcomes are recorded together, up to this many jobs ...
 RECORD_S = 0.25  # ... or this long after the first of them was ready: one transaction for many
 HELD_CHECK_S = 0.5  # how often, at most, a unit asks which of its jobs were cancelled meanwhile
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
@@ -128,6 +128,7 @@ class Runtime:
         self._unrecorded: list[JobResult] = []  # finished passes' outcomes, recorded together
         self._throughput: list[tuple[str, str, int, float, float]] = []  # ... with their passes
         self._ready_at = 0.0  # when the first of them was ready
+        self._ended: set[str] = set()  # units whose last record ended their pulse
 
     @property
     def device(self) -> str:
@@ -209,11 +210,13 @@ class Runtime:
             held = self._still_held(owner, claimed)
             log.warning("unit time limit: %d jobs left, each will retry", len(held))
             self._record(owner, [JobResult(j.id, error="unit time limit exceeded", retryable=True)
-                                 for j in held], report)
+                                 for j in held], report, end_pulse=True)
         finally:
             stop.set()
             beat.join(timeout=5)
-            self._end_pulse(owner)
+            if owner not in self._ended:  # the last record did not end it (nothing was left)
+                self._end_pulse(owner)
+            self._ended.discard(owner)
         t = report.lap("run", t)
         for batch_id in sorted({c.batch_id for c in claimed}):
             status = finalize_if_done(self.sessions, self.storage, batch_id)
@@ -287,10 +290,13 @@ class Runtime:
             by_key.setdefault(job.batch_key, []).append(job)
         try:
             self._run_keys(owner, by_key, projects, report)
-        finally:
+        except BaseException:
             # whatever ends the unit (its time limit too): what finished is recorded now, and
             # nothing waits in the buffer for the next unit's claim
             self._flush(owner, report)
+            raise
+        # the unit's last record ends its pulse too: one transaction, not two
+        self._flush(owner, report, end_pulse=True)
 
     def _run_keys(self, owner: str, by_key: dict[str, list[ClaimedJob]],
                   projects: dict[str, str], report: UnitReport) -> None:
@@ -463,21 +469,28 @@ class Runtime:
         units = sum(cost(j.kind, j.params) for j in chunk)
         return [(first.batch_key, device, len(chunk), units, share * len(chunk))]
 
-    def _flush(self, owner: str, report: UnitReport) -> None:
-        """Record the finished passes not yet recorded, in one transaction."""
+    def _flush(self, owner: str, report: UnitReport, end_pulse: bool = False) -> None:
+        """Record the finished passes not yet recorded, in one transaction (with ``end_pulse``,
+        the unit's last: it ends the unit's pulse too)."""
         if self._unrecorded:
             results, self._unrecorded = self._unrecorded, []
             passes, self._throughput = self._throughput, []
-            self._record(owner, results, report, passes)
+            self._record(owner, results, report, passes, end_pulse=end_pulse)
 
     def _record(self, owner: str, results: list[JobResult], report: UnitReport,
-                passes: Sequence[tuple[str, str, int, float, float]] = ()) -> None:
+                passes: Sequence[tuple[str, str, int, float, float]] = (),
+                end_pulse: bool = False) -> None:
         """Record outcomes, and the ``passes`` (batch key, device, jobs, units, seconds) they
-        came from, for estimates: one transaction."""
+        came from, for estimates: one transaction, which with ``end_pulse`` also ends the
+        unit's pulse (its last record: nothing of it is left running)."""
         t = time.perf_counter()
         with self.sessions.begin() as session:
             ok, failed, requeued = lifecycle.record(session, owner, results)
             record_passes(session, passes)
+            if end_pulse:
+                lifecycle.pulse_end(session, owner)
+        if end_pulse:
+            self._ended.add(owner)
         report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)

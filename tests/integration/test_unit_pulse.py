@@ -1,0 +1,62 @@
+"""A work unit's pulse row lives exactly as long as the unit, on SQLite and PostgreSQL: its last
+record ends it in the same transaction, and a unit whose last outcome was not a finished pass
+(a poison job recorded as it failed) ends it on its own. A pulse left behind would make the
+reconciler take a finished unit for a silent one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from jobs.db import upgrade
+from jobs.manifest import parse_manifest
+from jobs.models import Job, UnitPulse
+from jobs.settings import Settings
+from jobs.submit import WorkUnit, submit
+from workers.runner import Runtime
+
+
+@pytest.fixture
+def runtime(db_url: str, tmp_path: Path) -> Any:
+    upgrade(db_url)
+    rt = Runtime(Settings(database_url=db_url, data_dir=tmp_path / "data",
+                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0))
+    yield rt
+    rt.close()
+
+
+def unit_of(runtime: Runtime, line: dict[str, Any]) -> WorkUnit:
+    units: list[WorkUnit] = []
+    submit(runtime.sessions, "acme", parse_manifest(json.dumps(line)), units.extend, unit_size=64)
+    assert len(units) == 1
+    return units[0]
+
+
+def statuses(runtime: Runtime) -> dict[str, int]:
+    with runtime.sessions() as s:
+        return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+
+def pulses(runtime: Runtime) -> int:
+    with runtime.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(UnitPulse)) or 0)
+
+
+@pytest.mark.parametrize("jobs", [1, 40, 64])
+def test_a_units_last_record_ends_its_pulse(runtime: Runtime, jobs: int) -> None:
+    unit = unit_of(runtime, {"kind": "noop", "tag": {"range": [0, jobs]}})
+    report = runtime.run_unit(unit.job_ids, unit.queue)
+    assert report.succeeded == jobs
+    assert statuses(runtime) == {"succeeded": jobs}
+    assert pulses(runtime) == 0
+
+
+def test_a_unit_whose_last_outcome_was_a_failure_ends_its_pulse_too(runtime: Runtime) -> None:
+    unit = unit_of(runtime, {"kind": "noop", "fail": "always", "max_attempts": 1})
+    report = runtime.run_unit(unit.job_ids, unit.queue)
+    assert report.failed == 1 and statuses(runtime) == {"failed": 1}
+    assert pulses(runtime) == 0
