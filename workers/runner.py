@@ -193,7 +193,12 @@ class Runtime:
             projects = self._projects({c.batch_id for c in claimed}, session)
         t = report.lap("claim", t)
         if claimed:
-            claimed += self._gather(owner, claimed)
+            try:
+                claimed += self._gather(owner, claimed)
+            except SoftTimeLimitExceeded:  # a slow claim left no time: what it holds retries
+                self._time_out(owner, report)
+                self._ended.discard(owner)
+                return report
             t = report.lap("gather", t)
         report.claimed = len(claimed)
         self._attempts = {c.id: (c.attempt, c.max_attempts) for c in claimed}
@@ -207,10 +212,7 @@ class Runtime:
         try:
             self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
-            held = self._still_held(owner, claimed)
-            log.warning("unit time limit: %d jobs left, each will retry", len(held))
-            self._record(owner, [JobResult(j.id, error="unit time limit exceeded", retryable=True)
-                                 for j in held], report, end_pulse=True)
+            self._time_out(owner, report)
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -247,6 +249,16 @@ class Runtime:
                 if more:
                     self._projects({c.batch_id for c in more}, session)
         return more
+
+    def _time_out(self, owner: str, report: UnitReport) -> None:
+        """The unit's time limit: every job it still holds (whatever phase it was in, jobs its
+        gather claimed too) is recorded as failed, retryable, and its pulse ends."""
+        with self.sessions() as session:
+            held = list(session.scalars(select(Job.id).where(
+                Job.lease_owner == owner, Job.status == JobStatus.RUNNING)))
+        log.warning("unit time limit: %d jobs left, each will retry", len(held))
+        self._record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
+                             for j in held], report, end_pulse=True)
 
     def _release_waiting(self) -> None:
         """Jobs waiting for what this unit finished start now, not at the next reconciler
