@@ -128,7 +128,6 @@ class Runtime:
         self._unrecorded: list[JobResult] = []  # finished passes' outcomes, recorded together
         self._throughput: list[tuple[str, str, int, float, float]] = []  # ... with their passes
         self._ready_at = 0.0  # when the first of them was ready
-        self._ended: set[str] = set()  # units whose last record ended their pulse
 
     @property
     def device(self) -> str:
@@ -197,7 +196,6 @@ class Runtime:
                 claimed += self._gather(owner, claimed)
             except SoftTimeLimitExceeded:  # a slow claim left no time: what it holds retries
                 self._time_out(owner, report)
-                self._ended.discard(owner)
                 return report
             t = report.lap("gather", t)
         report.claimed = len(claimed)
@@ -209,16 +207,17 @@ class Runtime:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
         beat.start()
+        ended = False  # whether the unit's last record ended its pulse
         try:
-            self._run_claimed(owner, claimed, projects, report)
+            ended = self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
             self._time_out(owner, report)
+            ended = True
         finally:
             stop.set()
             beat.join(timeout=5)
-            if owner not in self._ended:  # the last record did not end it (nothing was left)
+            if not ended:  # nothing was left to record, or the unit ended in an error
                 self._end_pulse(owner)
-            self._ended.discard(owner)
         t = report.lap("run", t)
         for batch_id in sorted({c.batch_id for c in claimed}):
             status = finalize_if_done(self.sessions, self.storage, batch_id)
@@ -296,7 +295,8 @@ class Runtime:
             log.warning("could not end the pulse of %s", owner, exc_info=True)
 
     def _run_claimed(self, owner: str, claimed: list[ClaimedJob], projects: dict[str, str],
-                     report: UnitReport) -> None:
+                     report: UnitReport) -> bool:
+        """Run the claimed jobs; True when the last record ended the unit's pulse."""
         by_key: dict[str, list[ClaimedJob]] = {}
         for job in claimed:
             by_key.setdefault(job.batch_key, []).append(job)
@@ -308,7 +308,7 @@ class Runtime:
             self._flush(owner, report)
             raise
         # the unit's last record ends its pulse too: one transaction, not two
-        self._flush(owner, report, end_pulse=True)
+        return self._flush(owner, report, end_pulse=True)
 
     def _run_keys(self, owner: str, by_key: dict[str, list[ClaimedJob]],
                   projects: dict[str, str], report: UnitReport) -> None:
@@ -481,13 +481,15 @@ class Runtime:
         units = sum(cost(j.kind, j.params) for j in chunk)
         return [(first.batch_key, device, len(chunk), units, share * len(chunk))]
 
-    def _flush(self, owner: str, report: UnitReport, end_pulse: bool = False) -> None:
+    def _flush(self, owner: str, report: UnitReport, end_pulse: bool = False) -> bool:
         """Record the finished passes not yet recorded, in one transaction (with ``end_pulse``,
-        the unit's last: it ends the unit's pulse too)."""
-        if self._unrecorded:
-            results, self._unrecorded = self._unrecorded, []
-            passes, self._throughput = self._throughput, []
-            self._record(owner, results, report, passes, end_pulse=end_pulse)
+        the unit's last: it ends the unit's pulse too). True when it ended the pulse."""
+        if not self._unrecorded:
+            return False
+        results, self._unrecorded = self._unrecorded, []
+        passes, self._throughput = self._throughput, []
+        self._record(owner, results, report, passes, end_pulse=end_pulse)
+        return end_pulse
 
     def _record(self, owner: str, results: list[JobResult], report: UnitReport,
                 passes: Sequence[tuple[str, str, int, float, float]] = (),
@@ -501,8 +503,6 @@ class Runtime:
             record_passes(session, passes)
             if end_pulse:
                 lifecycle.pulse_end(session, owner)
-        if end_pulse:
-            self._ended.add(owner)
         report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)

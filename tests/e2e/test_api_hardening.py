@@ -153,7 +153,11 @@ def test_health_and_polls_stay_fast_while_the_largest_body_validates(
     slowest = sorted(during, reverse=True)[:5]
     print(f"\nlargest body ({limit} bytes, {MAX_JOBS} jobs) took {took:.1f} s; {len(during)} "
           f"health checks and polls meanwhile, slowest {[(round(s, 3), p) for s, p in slowest]}")
-    assert slowest[0][0] < 0.5, slowest
+    # A loop blocked by the validation would hold an answer for about the whole submission; one
+    # that stays free answers each within a slice of it (the CPU is shared with the validation).
+    assert slowest[0][0] < min(2.0, took / 4), (took, slowest)
+    typical = sorted(s for s, _ in during)[len(during) // 2]
+    assert typical < 0.25, (typical, slowest)
 
 
 def start_moto(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:

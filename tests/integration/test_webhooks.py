@@ -218,7 +218,7 @@ def test_a_receiver_that_is_down_is_retried_with_backoff_then_failed(
     batches = [submitted(farm, url=down) for _ in range(3)]
     held = submitted(farm, url=slow.url)
     took = [finish(farm, b) for b in [*batches, held]]
-    assert max(took) < 0.5, took  # finalization sends nothing and waits for nobody
+    assert max(took) < 2.0, took  # finalization sends nothing and waits for nobody (4 s receiver)
     deliverer = Deliverer(farm["sessions"], FAST)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
