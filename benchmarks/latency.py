@@ -84,7 +84,8 @@ def parse_variant(text: str) -> Variant:
 
 def start_worker(v: Variant, env: dict[str, str]) -> None:
     # the variant's checkout first on the path: its cli, jobs, workers and storage packages
-    cmd = [sys.executable, "-c", "from cli.main import main; main()", "worker", "-l", "INFO"]
+    cmd = [sys.executable, "-c", "from cli.main import main; main()", "worker", "-l", "INFO",
+           "--concurrency", "1"]  # one process: what the figures describe
     full = {**os.environ, **env, **v.env, "PYTHONPATH": str(v.tree)}
     v.proc = subprocess.Popen(cmd, env=full, stdout=v.log.open("wb"), stderr=subprocess.STDOUT,
                               start_new_session=True, cwd=str(v.tree))

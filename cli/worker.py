@@ -18,6 +18,24 @@ from cli.options import friendly_errors, redact, settings_options
 from jobs.settings import Settings
 
 
+class Concurrency(click.ParamType):
+    """A number of worker processes (1 to 256), or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | None:
+        if value is None or str(value).strip().lower() == "auto":
+            return None
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of processes nor auto", param, ctx)
+        if not 1 <= number <= 256:
+            self.fail(f"{number} processes: expected 1 to 256, or auto", param, ctx)
+        return number
+
+
 @click.command()
 @click.option("--models", "-m", default=None, metavar="A,B",
               help="Comma-separated models to serve (see `genfarm models`) [default: every "
@@ -26,8 +44,12 @@ from jobs.settings import Settings
               help="Comma-separated Celery queues, for ops [default: the models' queues].")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
               help="Jobs per forward pass [GENFARM_MAX_BATCH, default 16].")
-@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes (one per GPU; on a CPU, one uses every core).")
+@click.option("--concurrency", "-c", type=Concurrency(), default="auto", show_default=True,
+              help="Worker processes, or auto: one when a GPU is visible, else one per CPU core. "
+                   "On a CPU the cores are shared among the processes (GENFARM_CPU_THREADS "
+                   "sets each one's torch threads): small passes keep the cores busier as "
+                   "separate processes than as one process's threads. Each process loads its "
+                   "own copy of the models.")
 @click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork",
               show_default=True, help="Celery pool: prefork isolates each process.")
 @click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
@@ -38,7 +60,7 @@ from jobs.settings import Settings
 @settings_options
 @friendly_errors
 def worker(settings: Settings, models: str | None, queues: str | None, max_batch: int | None,
-           concurrency: int, pool: str, max_tasks_per_child: int | None,
+           concurrency: int | None, pool: str, max_tasks_per_child: int | None,
            max_memory_per_child: int | None, loglevel: str) -> None:
     """Run a worker: it takes work units of its models from the broker and runs their jobs in
     batches. Each model has its own queue, so a GPU box serving one model never pulls another's
@@ -72,9 +94,13 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
         if not served:
             raise click.ClickException("this machine can load none of the models")
     click.echo(f"serving models: {', '.join(served)}", err=True)
+    processes, threads = pool_size(settings, concurrency, pool)
+    settings = settings.model_copy(update={"cpu_threads": threads})
+    click.echo(f"worker processes: {processes}"
+               + (f", torch CPU threads: {threads} each" if threads else ""), err=True)
     torch_threads_wait()
     app = make_app(settings, models=served)
-    argv = ["worker", "-Q", queues or ",".join(catalog.queues(served)), "-c", str(concurrency),
+    argv = ["worker", "-Q", queues or ",".join(catalog.queues(served)), "-c", str(processes),
             "-P", pool,
             "-l", loglevel, "-E", "-n", f"genfarm-{os.getpid()}@%h", "--without-mingle"]
     if max_tasks_per_child:
@@ -82,6 +108,41 @@ def worker(settings: Settings, models: str | None, queues: str | None, max_batch
     if max_memory_per_child:
         argv += ["--max-memory-per-child", str(max_memory_per_child)]
     app.worker_main(argv)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def gpu_visible(settings: Settings) -> bool:
+    """Whether the worker's processes will compute on a GPU, told without importing torch (the
+    pool processes are forked from this one, which must not touch CUDA): GENFARM_DEVICE when
+    set, else an NVIDIA device node that CUDA_VISIBLE_DEVICES does not hide."""
+    if settings.device:
+        return not settings.device.startswith("cpu")
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def pool_size(settings: Settings, concurrency: int | None, pool: str) -> tuple[int, int | None]:
+    """(worker processes, torch CPU threads for each, None for torch's own choice).
+
+    ``concurrency`` None is auto: one process on a GPU machine (its device); on a CPU, one per
+    core (prefork; solo and threads pools run one), each with one thread. Passes of a small model are hundreds of short operations, too
+    short for a second thread to share well, and two cores ran two one-thread processes at
+    1.0 to 1.3x one loop's images/s on both (benchmarks/pipeline.py). Explicit ``--concurrency``
+    shares the cores evenly among the processes. GENFARM_CPU_THREADS (or OMP_NUM_THREADS, read
+    by torch itself) chooses instead."""
+    gpu = gpu_visible(settings)
+    processes = concurrency or (cpu_cores() if pool == "prefork" and not gpu else 1)
+    if settings.cpu_threads or "OMP_NUM_THREADS" in os.environ or gpu:
+        return processes, settings.cpu_threads
+    return processes, max(1, cpu_cores() // processes)
 
 
 def torch_threads_wait() -> None:

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
         True, description="On the CPU, compute in float64 so that a job's bytes never depend "
         "on the batch it ran in (BLAS kernels vary with batch size); about 4x the compute.")
     device: str | None = Field(None, description="torch device; default cuda when present, else cpu.")
+    cpu_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch CPU threads per worker process; default: "
+        "`genfarm worker` shares the cores among its processes, one each with --concurrency auto "
+        "on a CPU-only machine.")
 
     @field_validator("models_file", "checkpoint", "checkpoint_sha256", mode="before")
     @classmethod

@@ -222,8 +222,10 @@ class Workers:
         self.log_dir = log_dir
 
     def start(self, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        """A worker of one pool process unless ``args`` choose (``--concurrency auto`` too)."""
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([str(BIN / "genfarm"), "worker", "-l", "INFO", *args],
+        pool = [] if {"-c", "--concurrency"} & set(args) else ["--concurrency", "1"]
+        proc = subprocess.Popen([str(BIN / "genfarm"), "worker", "-l", "INFO", *pool, *args],
                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=str(self.log_dir), start_new_session=True)
         self.procs.append(proc)

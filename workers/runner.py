@@ -133,6 +133,12 @@ class Runtime:
     def device(self) -> str:
         if self._device is None:
             self._device = pick_device(self.settings)
+            import torch
+
+            if self.settings.cpu_threads:
+                torch.set_num_threads(self.settings.cpu_threads)
+            log.info("process %d computes on %s, torch CPU threads: %d", self.pid,
+                     self._device, torch.get_num_threads())
         return self._device
 
     def family(self, model: str) -> Family:

@@ -3,6 +3,7 @@ process takes it from the database without measuring again."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -72,4 +73,31 @@ def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
     assert len(units_of("0", 2, 10)) == 2  # no wait
     assert len(units_of("8", 1, 20)) == 2  # the best pass is one job: nothing to wait for
     engine.dispose()
+    db.close()
+
+
+def test_a_cpu_worker_runs_a_process_per_core_with_the_cores_shared(
+        tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
+    """`--concurrency auto`, the default, on a machine without a GPU: one pool process per core,
+    each computing with its share of the cores as torch threads (one), and all of them take
+    units of one batch."""
+    from cli.worker import cpu_cores
+
+    env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
+           "GENFARM_STORAGE_URL": (tmp_path / "out").as_uri(), "GENFARM_DEVICE": "cpu",
+           "GENFARM_DATA_DIR": str(tmp_path / "data"), "GENFARM_MODEL_PROFILE": "tiny",
+           "GENFARM_UNIT_SIZE": "8"}
+    upgrade(pg_url)
+    db = Db(pg_url)
+    workers.start(env, "--concurrency", "auto", "--max-batch", "4")
+    batch = submit(env, tmp_path, {"kind": "generate", "seed": {"range": [0, 64]}, "width": 48,
+                                   "height": 48})
+    db.wait(batch, workers)
+    assert db.counts(batch) == {"succeeded": 64}
+    logs = workers.logs(tail=None)
+    cores = cpu_cores()
+    assert f"worker processes: {cores}, torch CPU threads: 1 each" in logs, logs[-3000:]
+    computing = dict(re.findall(r"process (\d+) computes on cpu, torch CPU threads: (\d+)",
+                                logs))
+    assert len(computing) == cores and set(computing.values()) == {"1"}, computing
     db.close()
