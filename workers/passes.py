@@ -1,6 +1,7 @@
 """Pass sizes that fit: the forward-pass size that makes the most jobs a second, per batch key,
 device and dtype, found by measuring real passes and shared with every worker through the
-database.
+database. A CPU device is named with its threads (``cpu:1-thread``): a process of one thread
+and one of eight have different best passes.
 
 A key nobody has measured yet is probed on its own jobs: passes of 1, 2, 4, ... up to the
 worker's largest (``--max-batch``), twice each and at least 8 jobs' worth, steady passes only

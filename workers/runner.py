@@ -364,7 +364,12 @@ class Runtime:
     def passes(self) -> PassSizes:
         if self._passes is None:
             dtype = str(default_dtype(self.settings, self.device)).removeprefix("torch.")
-            self._passes = PassSizes(self.sessions, self.device, dtype)
+            device = self.device
+            if device == "cpu":  # a CPU's best pass depends on how many threads compute it
+                import torch
+
+                device = f"cpu:{torch.get_num_threads()}-thread"
+            self._passes = PassSizes(self.sessions, device, dtype)
         return self._passes
 
     def _run_pass(self, owner: str, key: str, chunk: list[ClaimedJob], projects: dict[str, str],

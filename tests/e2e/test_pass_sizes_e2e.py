@@ -1,5 +1,6 @@
 """A real worker measures its pass sizes on its own jobs and shares the best one; a second worker
-process takes it from the database without measuring again."""
+process takes it from the database without measuring again. Lone jobs wait, boundedly, to share
+a pass; a CPU worker runs a one-thread process per core."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from cli.worker import cpu_cores
 from jobs.db import make_engine, session_factory, upgrade
 from jobs.models import PassSize
 from tests.conftest import Workers
@@ -30,7 +32,7 @@ def test_a_worker_measures_pass_sizes_and_the_next_one_reuses_them(
     with session_factory(engine)() as s:
         [row] = s.scalars(select(PassSize)).all()
     engine.dispose()
-    assert row.key == "generate:aether:48x48|cpu|float64"
+    assert row.key == f"generate:aether:48x48|cpu:{cpu_cores()}-thread|float64"  # one process
     assert set(row.rates) == {"1", "2", "4"}
     assert row.best == max((1, 2, 4), key=lambda n: row.rates[str(n)])
     assert "chosen" in workers.logs(tail=None)
@@ -57,7 +59,8 @@ def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
 
     def units_of(wait: str, best: int, seed: int) -> set[str | None]:
         with session_factory(engine).begin() as s:  # as if a worker had measured the key
-            s.merge(PassSize(key="generate:aether:40x40|cpu|float64", best=best, rates={}))
+            s.merge(PassSize(key=f"generate:aether:40x40|cpu:{cpu_cores()}-thread|float64",
+                             best=best, rates={}))
         worker = workers.start({**env, "GENFARM_BATCH_WAIT_SECONDS": wait}, "--max-batch", "4")
         job = {"kind": "generate", "seed": seed, "width": 40, "height": 40}
         first = submit(env, tmp_path, job)
@@ -81,8 +84,6 @@ def test_a_cpu_worker_runs_a_process_per_core_with_the_cores_shared(
     """`--concurrency auto`, the default, on a machine without a GPU: one pool process per core,
     each computing with its share of the cores as torch threads (one), and all of them take
     units of one batch."""
-    from cli.worker import cpu_cores
-
     env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
            "GENFARM_STORAGE_URL": (tmp_path / "out").as_uri(), "GENFARM_DEVICE": "cpu",
            "GENFARM_DATA_DIR": str(tmp_path / "data"), "GENFARM_MODEL_PROFILE": "tiny",
@@ -100,4 +101,8 @@ def test_a_cpu_worker_runs_a_process_per_core_with_the_cores_shared(
     computing = dict(re.findall(r"process (\d+) computes on cpu, torch CPU threads: (\d+)",
                                 logs))
     assert len(computing) == cores and set(computing.values()) == {"1"}, computing
+    engine = make_engine(pg_url)
+    with session_factory(engine)() as s:  # measured for one-thread processes, named so
+        assert s.scalars(select(PassSize.key)).all() == ["generate:aether:48x48|cpu:1-thread|float64"]
+    engine.dispose()
     db.close()
