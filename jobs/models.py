@@ -93,10 +93,11 @@ class BatchLabel(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # claims and fills: queued jobs of one queue or batch key, best rank first
+        # claims and fills: queued jobs of one queue or batch key in claim order (rank, then
+        # line), read from the index without sorting every queued job of the key
         Index("ix_jobs_status_batch_key", "status", "batch_key", "priority"),
-        Index("ix_jobs_status_queue_rank", "status", "queue", "rank"),
-        Index("ix_jobs_status_key_rank", "status", "batch_key", "rank"),
+        Index("ix_jobs_status_queue_rank_index", "status", "queue", "rank", "index"),
+        Index("ix_jobs_status_key_rank_index", "status", "batch_key", "rank", "index"),
         Index("ix_jobs_fingerprint_status", "fingerprint", "status"),
         Index("ix_jobs_batch_line_status", "batch_id", "line", "status"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
