@@ -95,7 +95,6 @@ class Job(Base):
     __table_args__ = (
         # claims and fills: queued jobs of one queue or batch key in claim order (rank, then
         # line), read from the index without sorting every queued job of the key
-        Index("ix_jobs_status_batch_key", "status", "batch_key", "priority"),
         Index("ix_jobs_status_queue_rank_index", "status", "queue", "rank", "index"),
         Index("ix_jobs_status_key_rank_index", "status", "batch_key", "rank", "index"),
         Index("ix_jobs_fingerprint_status", "fingerprint", "status"),
