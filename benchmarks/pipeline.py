@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from benchmarks.overhead import BIN, start, stop, wait_ready, wait_until  # noqa: E402
+from cli.worker import cpu_cores  # noqa: E402
 from jobs.db import make_engine, session_factory, upgrade  # noqa: E402
 from jobs.models import Batch, PassSize  # noqa: E402
 from jobs.settings import Settings  # noqa: E402
@@ -71,18 +72,18 @@ def farm_round(env: dict[str, str], n: int, size: int, offset: int) -> float:
 
 
 def _loop(fam: Any, jobs: list[dict[str, Any]], batch: int, folder: Path, name: str) -> float:
-    """Seconds to run ``jobs`` in passes of ``batch``: forward, encode, a file written per job."""
-    from workers.family import JobContext
+    """Seconds to run ``jobs`` in passes of ``batch``: forward, encode, a file written per job
+    (named after ``name``, so loops sharing the folder write their own files)."""
+    from benchmarks.models import contexts
 
-    warm = [JobContext("w", "b", "p", 1, "generate", jobs[0], None)]
-    fam.run(warm * batch)  # one pass to warm this size up, as the farm's first pass
+    ctxs = contexts("generate", jobs, None)
+    fam.run(ctxs[:1] * batch)  # one pass to warm this size up, as the farm's first pass
     t0 = time.perf_counter()
-    for start_ in range(0, len(jobs), batch):
-        chunk = [JobContext(f"{name}{start_ + i}", "b", "p", 1, "generate", job, None)
-                 for i, job in enumerate(jobs[start_:start_ + batch])]
+    for start_ in range(0, len(ctxs), batch):
+        chunk = ctxs[start_:start_ + batch]
         for ctx, arts in zip(chunk, fam.run(chunk), strict=True):
             for art in arts:
-                (folder / f"{ctx.job_id}-{art.name}").write_bytes(art.encode())
+                (folder / f"{name}{ctx.job_id}-{art.name}").write_bytes(art.encode())
     return time.perf_counter() - t0
 
 
@@ -98,7 +99,7 @@ def bare_round(n: int, size: int, offset: int, folder: Path) -> dict[int, float]
 
     fam = aether(Settings(model_profile="default"))
     jobs = bare_jobs(n, size, offset)
-    return {batch: n / _loop(fam, jobs, batch, folder, "j") for batch in SIZES}
+    return {batch: n / _loop(fam, jobs, batch, folder, "") for batch in SIZES}
 
 
 def _share(index: int, procs: int, n: int, size: int, offset: int, folder: str,
@@ -120,7 +121,7 @@ def parallel_round(n: int, size: int, offset: int, folder: Path) -> dict[int, fl
     """Images per second of the bare loop split over one-thread processes, one per core."""
     import multiprocessing
 
-    procs = len(os.sched_getaffinity(0))
+    procs = cpu_cores()
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(procs), ctx.Queue()
     children = [ctx.Process(target=_share, args=(i, procs, n, size, offset, str(folder),
@@ -237,7 +238,7 @@ def main() -> None:
             "farm": "one genfarm worker; production: PostgreSQL, Redis, local folder",
             "worker_args": args.worker_arg, "worker_env": worker_env,
             "bare": "one process, torch's default threads; parallel: one one-thread process "
-                    f"per core ({len(os.sched_getaffinity(0))})",
+                    f"per core ({cpu_cores()})",
             "pass_sizes_measured": chosen, "rounds": rounds, "median": median,
             "ratio": median["ratio_production"],
         }, indent=2))

@@ -133,16 +133,16 @@ def pool_size(settings: Settings, concurrency: int | None, pool: str) -> tuple[i
     """(worker processes, torch CPU threads for each, None for torch's own choice).
 
     ``concurrency`` None is auto: one process on a GPU machine (its device); on a CPU, one per
-    core (prefork; solo and threads pools run one), each with one thread. Passes of a small model are hundreds of short operations, too
-    short for a second thread to share well, and two cores ran two one-thread processes at
-    1.0 to 1.3x one loop's images/s on both (benchmarks/pipeline.py). Explicit ``--concurrency``
-    shares the cores evenly among the processes. GENFARM_CPU_THREADS (or OMP_NUM_THREADS, read
-    by torch itself) chooses instead."""
-    gpu = gpu_visible(settings)
-    processes = concurrency or (cpu_cores() if pool == "prefork" and not gpu else 1)
+    core (prefork; solo and threads pools run one), each with one thread. Passes of a small
+    model are hundreds of short operations, too short for a second thread to share well, and
+    two cores ran two one-thread processes at 1.0 to 1.3x one loop's images/s on both
+    (benchmarks/pipeline.py). Explicit ``--concurrency`` shares the cores evenly among the
+    processes. GENFARM_CPU_THREADS (or OMP_NUM_THREADS, read by torch itself) chooses instead."""
+    gpu, cores = gpu_visible(settings), cpu_cores()
+    processes = concurrency or (cores if pool == "prefork" and not gpu else 1)
     if settings.cpu_threads or "OMP_NUM_THREADS" in os.environ or gpu:
         return processes, settings.cpu_threads
-    return processes, max(1, cpu_cores() // processes)
+    return processes, max(1, cores // processes)
 
 
 def torch_threads_wait() -> None:
