@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.errors import AmbiguousId, NotFound
@@ -211,15 +212,27 @@ def _manifest(session: Session, batch_id: str) -> tuple[bytes, dict[str, int]]:
     return ("\n".join(lines) + "\n").encode(), counts
 
 
+@functools.cache
+def _done_stmt() -> Any:
+    """The project of the batch p_batch if it is open and no job of it is left: a NOT EXISTS
+    that stops at the first job left, not a count. Built once (every finished unit asks)."""
+    batch = bindparam("p_batch", type_=String())
+    left = select(Job.id).where(Job.batch_id == batch,
+                                Job.status.notin_(sorted(TERMINAL))).exists()
+    return select(Batch.project).where(Batch.id == batch, Batch.finished_at.is_(None), ~left)
+
+
+def done_batches(session: Session, batch_ids: Iterable[str]) -> list[str]:
+    """Those of ``batch_ids`` that are open with every job finished: to finalize."""
+    conn = session.connection()
+    return [b for b in batch_ids
+            if conn.execute(_done_stmt(), {"p_batch": b}).scalar() is not None]
+
+
 def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str) -> str | None:
     """If every job of the batch is finished, write its manifest and close it; returns the new status."""
     with session_factory() as session:
-        # the cheap test first (every finished unit asks it): the open batch, if no job of it is
-        # left (a NOT EXISTS that stops at the first one, not a count)
-        left = select(Job.id).where(Job.batch_id == batch_id,
-                                    Job.status.notin_(sorted(TERMINAL))).exists()
-        project = session.scalar(select(Batch.project).where(
-            Batch.id == batch_id, Batch.finished_at.is_(None), ~left))
+        project = session.connection().execute(_done_stmt(), {"p_batch": batch_id}).scalar()
         if project is None:
             return None
         body, counts = _manifest(session, batch_id)

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
-from jobs.lifecycle import insert_rows, insert_values
 from jobs.manifest import JobSpec, own_path
 from jobs.models import Job, JobEvent, Output
+from jobs.sql import insert_rows, insert_values
 
 CHUNK = 5_000  # rows per statement where there is no COPY (SQLite), reused jobs at a time
 COLUMNS = ("id", "batch_id", "index", "line", "kind", "model", "queue", "params", "batch_key",

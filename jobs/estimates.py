@@ -10,36 +10,47 @@ else the family's benchmark figure (``FamilySpec.unit_seconds``), else unknown. 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Float, String, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
-from jobs.models import Throughput, utcnow
+from jobs.models import Throughput, UTCDateTime, utcnow
 from jobs.registry import default_cost
+
+
+@functools.cache
+def _add_pass_stmt(dialect: str) -> Any:
+    """An upsert adding a pass to its key's throughput, built once per dialect."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Throughput).values(
+        batch_key=bindparam("p_key", type_=String()), device=bindparam("p_device", type_=String()),
+        jobs=bindparam("p_jobs", type_=BigInteger()), units=bindparam("p_units", type_=Float()),
+        seconds=bindparam("p_seconds", type_=Float()),
+        updated_at=bindparam("p_now", type_=UTCDateTime()))
+    return stmt.on_conflict_do_update(
+        index_elements=[Throughput.batch_key, Throughput.device],
+        set_={"jobs": Throughput.jobs + stmt.excluded.jobs,
+              "units": Throughput.units + stmt.excluded.units,
+              "seconds": Throughput.seconds + stmt.excluded.seconds,
+              "updated_at": stmt.excluded.updated_at})
 
 
 def record_pass(session: Session, batch_key: str, device: str, jobs: int, units: float,
                 seconds: float, now: datetime | None = None) -> None:
     """Add one forward pass to the throughput of ``batch_key`` on ``device``: one upsert, so
     workers recording the same key at once add up instead of colliding."""
-    now = now or utcnow()
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Throughput).values(batch_key=batch_key, device=device, jobs=jobs, units=units,
-                                     seconds=seconds, updated_at=now)
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=[Throughput.batch_key, Throughput.device],
-        set_={"jobs": Throughput.jobs + stmt.excluded.jobs,
-              "units": Throughput.units + stmt.excluded.units,
-              "seconds": Throughput.seconds + stmt.excluded.seconds,
-              "updated_at": stmt.excluded.updated_at}))
+    conn = session.connection()
+    conn.execute(_add_pass_stmt(conn.dialect.name),
+                 {"p_key": batch_key, "p_device": device, "p_jobs": jobs, "p_units": units,
+                  "p_seconds": seconds, "p_now": now or utcnow()})
 
 
 def record_passes(session: Session, passes: Iterable[tuple[str, str, int, float, float]]

@@ -8,7 +8,7 @@ and late writers from an expired lease harmless.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
 import random
 from collections import defaultdict
@@ -17,10 +17,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, String, and_, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import Grouping
 
 from jobs.models import Job, JobEvent, Output, UnitPulse, UTCDateTime, utcnow
+from jobs.sql import insert_rows, none_of, one_of, rowcount
 from jobs.states import JobStatus
 
 # Retry backoff: base * 2**(attempt-1), capped, with full jitter.
@@ -70,121 +86,113 @@ def _events(rows: Iterable[tuple[str, int]], from_status: JobStatus | None, to_s
     ]
 
 
-def rowcount(result: Any) -> int:
-    """Rows an UPDATE matched (a DML statement's result is a CursorResult)."""
-    return int(result.rowcount or 0)
-
-
-def insert_rows(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
-    """Bulk INSERT in this transaction: COPY on PostgreSQL, executemany on SQLite."""
-    if not rows:
-        return
-    conn = session.connection()
-    if conn.dialect.name != "postgresql":
-        conn.execute(model.__table__.insert(), rows)
-        return
-    columns = list(rows[0])
-    insert_values(session, model, columns, ([row[c] for c in columns] for row in rows))
-
-
-def insert_values(session: Session, model: Any, columns: Sequence[str],
-                  rows: Iterable[Sequence[Any]], chunk: int = 5_000) -> None:
-    """Bulk INSERT of rows given as values in the order of ``columns``, taken from ``rows`` as
-    they come: one COPY on PostgreSQL, executemany of ``chunk`` rows at a time on SQLite. A
-    column not given takes its server default, as in COPY (not a Python-side one).
-
-    psycopg's executemany sends one statement per row and multi-row VALUES
-    statements cost more to build than to run; COPY streams the rows at once, and the server
-    stores them while the next ones are made.
-    """
-    table = model.__table__
-    conn = session.connection()
-    if conn.dialect.name == "sqlite":
-        _sqlite_insert(conn, table, columns, rows, chunk)
-        return
-    if conn.dialect.name != "postgresql":
-        taken = iter(rows)
-        while part := [dict(zip(columns, row, strict=True))
-                       for row in itertools.islice(taken, chunk)]:
-            conn.execute(table.insert(), part)
-        return
-    as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
-    names = ", ".join(f'"{c}"' for c in columns)
-    driver = conn.connection.driver_connection  # the transaction's own psycopg connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(
-            f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        write, dumps = copy.write_row, json.dumps
-        for row in rows:
-            if as_json:
-                row = list(row)
-                for i in as_json:
-                    value = row[i]
-                    row[i] = "null" if value is None else dumps(value)
-            write(row)
-
-
-def _sqlite_insert(conn: Any, table: Any, columns: Sequence[str], rows: Iterable[Sequence[Any]],
-                   chunk: int) -> None:
-    """executemany on the driver's cursor, each value made what its column type makes it (the
-    type's bind processor) once per distinct object: SQLAlchemy's own executemany does that for
-    every value of every row, and a batch's rows share their timestamps."""
-    dialect = conn.dialect
-    processors = [(i, process) for i, c in enumerate(columns) if (
-        process := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
-    names = ", ".join(f'"{c}"' for c in columns)
-    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(columns))})'
-    last: list[Any] = [object()] * len(columns)  # per column: the last value, what it became
-    made: list[Any] = [None] * len(columns)
-    cursor = conn.connection.driver_connection.cursor()  # the transaction's own connection
-    try:
-        taken = iter(rows)
-        while part := list(itertools.islice(taken, chunk)):
-            values = []
-            for row in part:
-                row = list(row)
-                for i, process in processors:
-                    value = row[i]
-                    if value is not last[i]:
-                        last[i], made[i] = value, process(value)
-                    row[i] = made[i]
-                values.append(row)
-            cursor.executemany(sql, values)
-    finally:
-        cursor.close()
-
-
 def _log(session: Session, events: list[dict[str, Any]]) -> None:
     insert_rows(session, JobEvent, events)
+
+
+def _moving(dialect: str, stmt: Any, from_status: JobStatus | None, to_status: JobStatus,
+            *columns: Any) -> Any:
+    """``stmt``, a conditional ``UPDATE jobs``, returning (id, attempt, *columns) of the rows it
+    moves; on PostgreSQL it also writes their event rows (a data-modifying CTE), so a transition
+    costs one round trip. The events' time, reason and worker are the parameters ev_at,
+    ev_reason and ev_worker (see :func:`_run_move`)."""
+    stmt = stmt.returning(Job.id, Job.attempt, *columns)
+    if dialect != "postgresql":
+        return stmt
+    moved = stmt.cte("moved")
+    logged = insert(JobEvent).from_select(
+        ["job_id", "at", "from_status", "to_status", "attempt", "reason", "worker"],
+        select(moved.c.id, bindparam("ev_at", type_=UTCDateTime()),
+               literal(from_status, String()), literal(to_status.value, String()),
+               moved.c.attempt, bindparam("ev_reason", type_=String()),
+               bindparam("ev_worker", type_=String())),
+    ).cte("logged")
+    return select(moved).add_cte(logged)
+
+
+def _run_move(session: Session, stmt: Any, params: dict[str, Any], from_status: JobStatus | None,
+              to_status: JobStatus, reason: str, worker: str | None, now: datetime) -> list[Any]:
+    """Run a statement :func:`_moving` made, with ``params``; the rows it moved, each with its
+    event logged."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        rows = list(conn.execute(stmt, params).all())
+        _log(session, _events(((r[0], r[1]) for r in rows), from_status, to_status, reason,
+                              worker, now))
+        return rows
+    return list(conn.execute(stmt, {**params, "ev_at": now, "ev_reason": reason[:255],
+                                    "ev_worker": worker}).all())
 
 
 def _move(session: Session, stmt: Any, from_status: JobStatus | None, to_status: JobStatus,
           reason: str, worker: str | None, now: datetime, *columns: Any) -> list[Any]:
     """Run a conditional ``UPDATE jobs`` and log one event per row it moved; returns those rows
-    as (id, attempt, *columns).
-
-    On PostgreSQL the event rows are written by the same statement (a data-modifying CTE),
-    so a transition costs one round trip.
-    """
-    stmt = stmt.returning(Job.id, Job.attempt, *columns).execution_options(
-        synchronize_session=False)
-    if session.get_bind().dialect.name != "postgresql":
-        rows = list(session.execute(stmt).all())
-        _log(session, _events(((r[0], r[1]) for r in rows), from_status, to_status, reason,
-                              worker, now))
-        return rows
-    moved = stmt.cte("moved")
-    logged = insert(JobEvent).from_select(
-        ["job_id", "at", "from_status", "to_status", "attempt", "reason", "worker"],
-        select(moved.c.id, literal(now, UTCDateTime()), literal(from_status, String()),
-               literal(to_status.value, String()), moved.c.attempt,
-               literal(reason[:255], String()), literal(worker, String())),
-    ).cte("logged")
-    return list(session.execute(select(moved).add_cte(logged)).all())
+    as (id, attempt, *columns). For statements made per call (the worker's own transitions are
+    built once: see the ``_*_stmt`` builders)."""
+    session.flush()  # the statement runs on the connection, past the ORM: pending rows first
+    dialect = session.get_bind().dialect.name
+    return _run_move(session, _moving(dialect, stmt, from_status, to_status, *columns), {},
+                     from_status, to_status, reason, worker, now)
 
 
 _CLAIM_COLUMNS = (Job.batch_id, Job.kind, Job.params, Job.batch_key, Job.max_attempts,
                   Job.model, Job.queue)
+
+
+def _due(now: Any) -> Any:
+    """Not held back by a retry's backoff at ``now`` (a time, or the parameter of one)."""
+    return or_(Job.not_before.is_(None), Job.not_before <= now)
+
+
+def _p_now() -> Any:
+    return bindparam("p_now", type_=UTCDateTime())
+
+
+@functools.cache
+def _best_key_stmt(dialect: str) -> Any:
+    """The batch key of the best-ranked queued, due job of the queue p_queue, keys in p_done
+    left out."""
+    return (select(Job.batch_key)
+            .where(Job.status == JobStatus.QUEUED, Job.queue == bindparam("p_queue", type_=String()),
+                   none_of(Job.batch_key, "p_done", dialect), _due(_p_now()))
+            .order_by(Job.rank, Job.index).limit(1))
+
+
+@functools.cache
+def _claim_stmt(dialect: str, which: str) -> Any:
+    """queued -> running for the queued, due jobs ``which`` names: "ids", those of p_ids; "key",
+    up to p_limit of the batch key p_key, best rank first; "best", the same of the best key of
+    the queue p_queue (see :func:`_best_key_stmt`). On PostgreSQL a pick skips the jobs other
+    claims in flight hold."""
+    if which == "ids":
+        target = one_of(Job.id, "p_ids", dialect)
+    else:
+        key = (bindparam("p_key", type_=String()) if which == "key"
+               else _best_key_stmt(dialect).scalar_subquery())
+        pick = (select(Job.id).where(Job.status == JobStatus.QUEUED, Job.batch_key == key,
+                                          _due(_p_now()))
+                .order_by(Job.rank, Job.index).limit(bindparam("p_limit", type_=Integer())))
+        if dialect == "postgresql":
+            # materialized: the pick (and its row locks) happens once, whatever plan the
+            # UPDATE gets
+            picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with("MATERIALIZED")
+            pick = select(picked.c.id)
+        target = Job.id.in_(pick)
+    stmt = (update(Job).where(target, Job.status == JobStatus.QUEUED, _due(_p_now()))
+            .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1,
+                    lease_owner=bindparam("p_owner", type_=String()),
+                    lease_expires_at=bindparam("p_expires", type_=UTCDateTime()),
+                    started_at=_p_now(), error=None))
+    return _moving(dialect, stmt, JobStatus.QUEUED, JobStatus.RUNNING, *_CLAIM_COLUMNS)
+
+
+def _claim(session: Session, which: str, params: dict[str, Any], owner: str,
+           lease_seconds: float, now: datetime) -> list[ClaimedJob]:
+    stmt = _claim_stmt(session.get_bind().dialect.name, which)
+    params.update(p_now=now, p_owner=owner, p_expires=now + timedelta(seconds=lease_seconds))
+    rows = _run_move(session, stmt, params, JobStatus.QUEUED, JobStatus.RUNNING, "claimed",
+                     owner, now)
+    return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6], r[7], r[8]) for r in rows]
 
 
 def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: float,
@@ -192,22 +200,8 @@ def claim(session: Session, job_ids: Sequence[str], owner: str, lease_seconds: f
     """queued -> running for those of ``job_ids`` that are still queued and due; the rest are skipped."""
     if not job_ids:
         return []
-    return _claim_where(session, Job.id.in_(list(job_ids)), owner, lease_seconds, now or utcnow())
-
-
-def _claim_where(session: Session, which: Any, owner: str, lease_seconds: float,
-                 now: datetime) -> list[ClaimedJob]:
-    """queued -> running for the queued, due jobs ``which`` selects."""
-    stmt = (
-        update(Job)
-        .where(which, Job.status == JobStatus.QUEUED, _due(now))
-        .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
-                error=None)
-    )
-    rows = _move(session, stmt, JobStatus.QUEUED, JobStatus.RUNNING, "claimed", owner, now,
-                 *_CLAIM_COLUMNS)
-    return [ClaimedJob(r[0], r[2], r[3], r[4], r[5], r[1], r[6], r[7], r[8]) for r in rows]
+    return _claim(session, "ids", {"p_ids": list(job_ids)}, owner, lease_seconds,
+                  now or utcnow())
 
 
 def claim_next(session: Session, queue: str, limit: int, owner: str, lease_seconds: float,
@@ -227,17 +221,15 @@ def claim_next(session: Session, queue: str, limit: int, owner: str, lease_secon
     claimed: list[ClaimedJob] = []
     done: list[str] = []  # keys taken to the last job
     while len(claimed) < limit:
-        best = (select(Job.batch_key)
-                .where(Job.status == JobStatus.QUEUED, Job.queue == queue,
-                       Job.batch_key.notin_(done), _due(now))
-                .order_by(Job.rank, Job.index).limit(1))
-        got = _claim_where(session, Job.id.in_(_pick(
-            session, Job.batch_key == best.scalar_subquery(), limit - len(claimed), now)),
-            owner, lease_seconds, now)
+        got = _claim(session, "best", {"p_queue": queue, "p_done": done,
+                                       "p_limit": limit - len(claimed)},
+                     owner, lease_seconds, now)
         if got:
             key = got[0].batch_key
         else:
-            found = session.scalar(best)
+            found = session.connection().execute(
+                _best_key_stmt(session.get_bind().dialect.name),
+                {"p_queue": queue, "p_done": done, "p_now": now}).scalar()
             if found is None:
                 break
             key = found
@@ -247,30 +239,13 @@ def claim_next(session: Session, queue: str, limit: int, owner: str, lease_secon
     return claimed
 
 
-def _due(now: datetime) -> Any:
-    return or_(Job.not_before.is_(None), Job.not_before <= now)
-
-
-def _pick(session: Session, key: Any, limit: int, now: datetime) -> Any:
-    """A SELECT of the ids of up to ``limit`` queued, due jobs of the batch key ``key`` selects,
-    best rank first: those other claims in flight hold are skipped on PostgreSQL."""
-    pick = (select(Job.id).where(Job.status == JobStatus.QUEUED, key, _due(now))
-            .order_by(Job.rank, Job.index).limit(limit))
-    if session.get_bind().dialect.name != "postgresql":
-        return pick
-    # materialized: the pick (and its row locks) happens once, whatever plan the UPDATE gets
-    picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with("MATERIALIZED")
-    return select(picked.c.id)
-
-
 def fill(session: Session, batch_key: str, limit: int, owner: str, lease_seconds: float,
          now: datetime | None = None) -> list[ClaimedJob]:
     """Claim up to ``limit`` more queued jobs of ``batch_key``, from any batch (best rank first)."""
     if limit <= 0:
         return []
-    now = now or utcnow()
-    return _claim_where(session, Job.id.in_(_pick(session, Job.batch_key == batch_key, limit, now)),
-                        owner, lease_seconds, now)
+    return _claim(session, "key", {"p_key": batch_key, "p_limit": limit}, owner, lease_seconds,
+                  now or utcnow())
 
 
 def set_progress(session: Session, owner: str, job_id: str, progress: float) -> bool:
@@ -294,6 +269,26 @@ def heartbeat(session: Session, owner: str, lease_seconds: float, now: datetime 
     return rowcount(result)
 
 
+@functools.cache
+def _succeed_stmt(dialect: str) -> Any:
+    """running -> succeeded for the jobs of p_ids that p_owner holds, each adding its share of
+    its pass's device time: on PostgreSQL p_shares, one per id (jobs recorded together span
+    passes); elsewhere p_share, for all of them (one statement per share)."""
+    which = one_of(Job.id, "p_ids", dialect)  # the primary key's index, whatever the plan
+    if dialect == "postgresql":
+        ids = bindparam("p_ids", type_=ARRAY(String()))
+        shares = Grouping(bindparam("p_shares", type_=ARRAY(Float())))  # (...)[i], not ...[i]
+        share = shares[func.array_position(ids, Job.id)]
+    else:
+        share = bindparam("p_share", type_=Float())
+    stmt = (update(Job).where(which, Job.lease_owner == bindparam("p_owner", type_=String()),
+                              Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.SUCCEEDED, finished_at=_p_now(),
+                    lease_owner=None, lease_expires_at=None,
+                    device_seconds=Job.device_seconds + share, progress=1.0))
+    return _moving(dialect, stmt, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+
+
 def record(session: Session, owner: str, results: Sequence[JobResult],
            now: datetime | None = None) -> tuple[set[str], set[str], set[str]]:
     """Record outcomes of jobs ``owner`` holds: (succeeded, failed, requeued) ids.
@@ -306,25 +301,22 @@ def record(session: Session, owner: str, results: Sequence[JobResult],
     bad = [r for r in results if r.error is not None]
     succeeded: dict[str, int] = {}
     if ok:
-        by_id = {r.job_id: r for r in ok}
-        for part in _chunks(ok, 2_000):
-            # one statement however many passes the results came from: each pass's share of
-            # device time is picked per row (results recorded together span many passes)
+        dialect = session.get_bind().dialect.name
+        stmt = _succeed_stmt(dialect)
+        common = {"p_owner": owner, "p_now": now}
+        if dialect == "postgresql":
+            groups = [{"p_ids": [r.job_id for r in ok],
+                       "p_shares": [r.device_seconds for r in ok]}]
+        else:
             by_share: dict[float, list[str]] = defaultdict(list)
-            for r in part:
+            for r in ok:
                 by_share[r.device_seconds].append(r.job_id)
-            shares = list(by_share.items())
-            share: Any = literal(shares[0][0]) if len(shares) == 1 else case(
-                *[(Job.id.in_(ids), literal(s)) for s, ids in shares[:-1]],
-                else_=literal(shares[-1][0]))
-            rows = _move(session, update(Job).where(
-                Job.id.in_([r.job_id for r in part]), Job.lease_owner == owner,
-                Job.status == JobStatus.RUNNING)
-                .values(status=JobStatus.SUCCEEDED, finished_at=now, lease_owner=None,
-                        lease_expires_at=None, device_seconds=Job.device_seconds + share,
-                        progress=1.0),
-                JobStatus.RUNNING, JobStatus.SUCCEEDED, "succeeded", owner, now)
+            groups = [{"p_ids": ids, "p_share": s} for s, ids in by_share.items()]
+        for params in groups:
+            rows = _run_move(session, stmt, {**common, **params}, JobStatus.RUNNING,
+                             JobStatus.SUCCEEDED, "succeeded", owner, now)
             succeeded.update({r[0]: r[1] for r in rows})
+        by_id = {r.job_id: r for r in ok}
         rows_out = [
             {"job_id": j, "name": o.name, "key": o.key, "sha256": o.sha256, "bytes": o.bytes,
              "content_type": o.content_type, "created_at": now}
@@ -383,21 +375,29 @@ def release(session: Session, owner: str, job_ids: Sequence[str], reason: str,
     return {r[0] for r in rows}
 
 
+@functools.cache
+def _pulse_stmts() -> tuple[Any, Any, Any]:
+    """A unit's pulse row: made, refreshed, removed (owner p_owner, time p_now)."""
+    owner = UnitPulse.owner == bindparam("p_owner", type_=String())
+    return (insert(UnitPulse).values(owner=bindparam("p_owner", type_=String()),
+                                     seen_at=bindparam("p_now", type_=UTCDateTime())),
+            update(UnitPulse).where(owner).values(seen_at=bindparam("p_now", type_=UTCDateTime())),
+            delete(UnitPulse).where(owner))
+
+
 def pulse_start(session: Session, owner: str, now: datetime | None = None) -> None:
     """A unit began: its pulse row, in the transaction that claims its jobs."""
-    session.add(UnitPulse(owner=owner, seen_at=now or utcnow()))
+    session.connection().execute(_pulse_stmts()[0], {"p_owner": owner, "p_now": now or utcnow()})
 
 
 def pulse(session: Session, owner: str, now: datetime | None = None) -> int:
     """The unit is alive (one row, whatever its job count); 0 once it was given up for lost."""
-    return rowcount(session.execute(
-        update(UnitPulse).where(UnitPulse.owner == owner).values(seen_at=now or utcnow())
-        .execution_options(synchronize_session=False)))
+    return rowcount(session.connection().execute(
+        _pulse_stmts()[1], {"p_owner": owner, "p_now": now or utcnow()}))
 
 
 def pulse_end(session: Session, owner: str) -> None:
-    session.execute(delete(UnitPulse).where(UnitPulse.owner == owner)
-                    .execution_options(synchronize_session=False))
+    session.connection().execute(_pulse_stmts()[2], {"p_owner": owner})
 
 
 def expire_silent_units(session: Session, grace_s: float, now: datetime | None = None) -> int:
@@ -451,14 +451,20 @@ def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
     return moved
 
 
+@functools.cache
+def _waiting_stmt() -> Any:
+    """Up to p_limit waiting jobs, with what they wait on (every finished unit asks)."""
+    return select(Job.id, Job.waits_on).where(Job.status == JobStatus.WAITING).limit(
+        bindparam("p_limit", type_=Integer()))
+
+
 def release_waiting(session: Session, limit: int = 10_000, now: datetime | None = None
                     ) -> tuple[list[tuple[str, str, str, int]], int]:
     """Waiting jobs whose parents all succeeded go to the queue; those with a parent that
     failed or was cancelled fail ("upstream failed"). Returns the released jobs as (id, queue,
     batch_key), to publish, and how many failed. Cheap when nothing waits."""
     now = now or utcnow()
-    waiting = session.execute(select(Job.id, Job.waits_on).where(
-        Job.status == JobStatus.WAITING).limit(limit)).all()
+    waiting = session.connection().execute(_waiting_stmt(), {"p_limit": limit}).all()
     if not waiting:
         return [], 0
     verdicts: dict[str, str | None] = {}  # group -> None (done), "" (pending) or why it failed

@@ -20,9 +20,10 @@ from jobs.bulk import plan, write_jobs
 from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
 from jobs.labels import BatchMeta, label_rows
-from jobs.lifecycle import due_unpublished, insert_rows, mark_published, unmark_published
+from jobs.lifecycle import due_unpublished, mark_published, unmark_published
 from jobs.manifest import JobSpec, parse_manifest, validate_records
 from jobs.models import Batch, BatchLabel, Project, utcnow
+from jobs.sql import insert_rows
 
 PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 

@@ -34,9 +34,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import __version__
-from jobs.lifecycle import rowcount
 from jobs.models import Batch, Project, ProjectWebhook, WebhookAttempt, WebhookDelivery, utcnow
 from jobs.settings import Settings
+from jobs.sql import rowcount
 
 log = logging.getLogger("genfarm.webhooks")
 
