@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from jobs import lifecycle
 from jobs.db import make_engine, session_factory, upgrade
@@ -61,3 +62,66 @@ def test_claims_read_what_they_take_in_index_order(pg_url: str) -> None:
         assert scans and max(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 2 * LIMIT, \
             [(n["Node Type"], n.get("Index Name"), n["Actual Rows"]) for n in scans]
     engine.dispose()
+
+
+def test_prepared_claims_and_records_read_what_they_take(pg_url: str) -> None:
+    """psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
+    values (a generic plan), which for a claim sorted every queued job (and a record by ids read
+    every running one): the farm's connections plan each run with its values, so the worker's
+    claims and records, prepared, still read the rows they move (20 units running elsewhere,
+    statistics up to date)."""
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    sessions = session_factory(engine)
+    units: list[Any] = []
+    submit(sessions, "deep", parse_manifest(json.dumps({"kind": "noop", "tag": {"range": [0, 6 * QUEUED]}})),
+           units.extend, unit_size=LIMIT)
+    queue, key = units[0].queue, units[0].batch_key
+    with sessions.begin() as s:  # other workers' units, running
+        for i in range(20):
+            lifecycle.claim_next(s, queue, LIMIT, f"elsewhere-{i}", 60)
+    plans: list[dict[str, Any]] = []
+
+    def explained(notice: Any) -> None:
+        text = notice.message_primary or ""
+        if "{" in text:
+            plans.append(json.loads(text[text.index("{"):]))
+
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.add_notice_handler(explained)
+        for setting in ("ANALYZE jobs", "LOAD 'auto_explain'",
+                        "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
+                        "SET auto_explain.log_level = notice", "SET auto_explain.log_format = json"):
+            conn.exec_driver_sql(setting)
+        conn.commit()
+        for i in range(7):  # past psycopg's prepare threshold (5)
+            with Session(bind=conn) as s:
+                taken = lifecycle.claim_next(s, queue, LIMIT, f"probe-{i}", 60)
+                taken += lifecycle.fill(s, key, 16, f"probe-{i}", 60)
+                more = lifecycle.claim(s, [u for unit in units[-3:-1] for u in unit.job_ids],
+                                       f"probe-{i}", 60)
+                assert len(taken) == LIMIT + 16 and (len(more) == 2 * LIMIT) == (i == 0)
+                lifecycle.record(s, f"probe-{i}", [
+                    lifecycle.JobResult(j.id, [], device_seconds=0.1 * n)
+                    for n, j in enumerate(taken + more)])
+                s.commit()
+    last = {plan["Query Text"]: plan for plan in plans}  # each statement's last run
+    moves = [p for text, p in last.items() if text.lstrip().startswith(("WITH pick", "WITH moved"))]
+    assert len(moves) == 4, list(last)  # claim_next, fill, claim (ids), record
+    for plan in moves:
+        every = nodes(plan["Plan"])
+        assert not [n for n in every if "Sort" in n["Node Type"]], json.dumps(plan)[:3000]
+        read = [(n["Node Type"], n.get("Index Name"), read_rows(n)) for n in every
+                if n.get("Relation Name") == "jobs"]  # rows of the table (an index also
+        # holds the versions of each row that earlier updates left for vacuum)
+        assert max(r for *_, r in read) <= 2 * LIMIT, (plan["Query Text"][:80], read)
+    engine.dispose()
+
+
+def read_rows(node: dict[str, Any]) -> int:
+    """Rows a plan node read: those it returned and those its filters dropped, every loop."""
+    return int((node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"])
