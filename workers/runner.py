@@ -5,6 +5,7 @@ Importing this module does not import torch; pipelines do, inside the worker pro
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from jobs import lifecycle
-from jobs.batches import finalize_if_done
+from jobs.batches import done_batches, finalize_if_done
 from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
 from jobs.errors import GenfarmError, PipelineError
@@ -160,6 +161,10 @@ class Runtime:
             self.broken[model] = (time.monotonic(), exc)
             raise
         self.families[model] = fam
+        # what setup made (torch's modules, a model's weights and layers: hundreds of thousands
+        # of objects that live as long as the process) leaves the collector's scans: a full
+        # collection walked them all, about 100 ms every few hundred units
+        gc.freeze()
         return fam
 
     def close(self) -> None:
@@ -225,14 +230,30 @@ class Runtime:
             if not ended:  # nothing was left to record, or the unit ended in an error
                 self._end_pulse(owner)
         t = report.lap("run", t)
-        for batch_id in sorted({c.batch_id for c in claimed}):
-            status = finalize_if_done(self.sessions, self.storage, batch_id)
-            if status:
-                report.batches_finished.append(batch_id)
-        t = report.lap("finalize", t)
-        self._release_waiting()
-        report.lap("release", t)
+        self._after_unit({c.batch_id for c in claimed}, report)
+        report.lap("finalize", t)
         return report
+
+    def _after_unit(self, batch_ids: set[str], report: UnitReport) -> None:
+        """One transaction asks whether the unit's batches are done and starts the jobs that
+        were waiting on what it finished (not at the next reconciler pass; their batches close
+        if they failed upstream); the batches done are then finalized."""
+        released: list[tuple[str, str, str, int]] = []
+        try:
+            with self.sessions.begin() as session:
+                done = done_batches(session, sorted(batch_ids))
+                released, _ = lifecycle.release_waiting(session)
+        except Exception:  # noqa: BLE001 - the reconciler finalizes and releases at its next pass
+            log.warning("could not finalize batches or release waiting jobs", exc_info=True)
+            return
+        for batch_id in done:
+            if finalize_if_done(self.sessions, self.storage, batch_id):
+                report.batches_finished.append(batch_id)
+        if released and self.publish is not None:
+            try:
+                publish_jobs(self.sessions, self.publish, released, self.settings.unit_size)
+            except Exception:  # noqa: BLE001 - the reconciler publishes them instead
+                log.warning("could not publish %d released jobs", len(released), exc_info=True)
 
     def _gather(self, owner: str, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
         """Jobs of the same key submitted within GENFARM_BATCH_WAIT_SECONDS, for a unit too
@@ -264,17 +285,6 @@ class Runtime:
         log.warning("unit time limit: %d jobs left, each will retry", len(held))
         self._record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
                              for j in held], report, end_pulse=True)
-
-    def _release_waiting(self) -> None:
-        """Jobs waiting for what this unit finished start now, not at the next reconciler
-        pass; their batches close if they failed upstream."""
-        try:
-            with self.sessions.begin() as session:
-                released, failed = lifecycle.release_waiting(session)
-            if released and self.publish is not None:
-                publish_jobs(self.sessions, self.publish, released, self.settings.unit_size)
-        except Exception:  # noqa: BLE001 - the reconciler does it at its next pass
-            log.warning("could not release waiting jobs", exc_info=True)
 
     def _heartbeat(self, owner: str, stop: threading.Event) -> None:
         """The unit's pulse every GENFARM_PULSE_SECONDS (one row: a silent unit's jobs go back
@@ -341,8 +351,8 @@ class Runtime:
                     self._run_pass(owner, key, chunk, projects, pending, report)
                 while len(pending) > 1:  # one pass in flight: record it while the next computes
                     self._finish(owner, *pending.pop(0), report)
-        while pending:
-            self._finish(owner, *pending.pop(0), report)
+        while pending:  # the last is recorded by the unit's closing record, with its pulse
+            self._finish(owner, *pending.pop(0), report, last=not pending)
 
     def _largest(self, key: str) -> int:
         """The largest pass of ``key``: --max-batch, or less where out of memory said so."""
@@ -456,7 +466,7 @@ class Runtime:
         return OutputRecord(art.name, stored.key, stored.sha256, stored.bytes, stored.content_type)
 
     def _finish(self, owner: str, chunk: list[ClaimedJob], futures: list[list[Future[OutputRecord]]],
-                share: float, steady: bool, report: UnitReport) -> None:
+                share: float, steady: bool, report: UnitReport, last: bool = False) -> None:
         t = time.perf_counter()
         results = []
         for job, outs in zip(chunk, futures, strict=True):
@@ -470,8 +480,8 @@ class Runtime:
             self._ready_at = time.perf_counter()
         self._unrecorded.extend(results)
         self._throughput.extend(self._throughput_of(chunk, share, steady))
-        if (len(self._unrecorded) >= RECORD_JOBS
-                or time.perf_counter() - self._ready_at >= RECORD_S):
+        if not last and (len(self._unrecorded) >= RECORD_JOBS
+                         or time.perf_counter() - self._ready_at >= RECORD_S):
             self._flush(owner, report)
 
     def _throughput_of(self, chunk: list[ClaimedJob], share: float, steady: bool

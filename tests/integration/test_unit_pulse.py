@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from jobs.db import upgrade
 from jobs.manifest import parse_manifest
@@ -60,3 +60,24 @@ def test_a_unit_whose_last_outcome_was_a_failure_ends_its_pulse_too(runtime: Run
     report = runtime.run_unit(unit.job_ids, unit.queue)
     assert report.failed == 1 and statuses(runtime) == {"failed": 1}
     assert pulses(runtime) == 0
+
+
+@pytest.mark.parametrize("jobs", [1, 40, 64])
+def test_a_unit_takes_three_transactions(runtime: Runtime, jobs: int) -> None:
+    """Its claim, one record of all its passes (which ends its pulse: a full unit's record too,
+    not a transaction of its own after it), and one asking whether its batches are done and
+    whether jobs waited on it. Each is a round trip and a commit an idle worker's job waits for."""
+    unit = unit_of(runtime, {"kind": "noop", "tag": {"range": [0, jobs]}})
+    commits: list[Any] = []
+
+    def committed(conn: Any) -> None:
+        commits.append(conn)
+
+    event.listen(runtime.engine, "commit", committed)
+    try:
+        report = runtime.run_unit(unit.job_ids, unit.queue)
+    finally:
+        event.remove(runtime.engine, "commit", committed)
+    assert report.succeeded == jobs and pulses(runtime) == 0
+    assert report.batches_finished  # and its batch, closed: one more, once per batch
+    assert len(commits) == 3 + 1, report.ms
