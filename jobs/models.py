@@ -21,6 +21,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -90,17 +92,26 @@ class BatchLabel(Base):
     value: Mapped[str] = mapped_column(String(255))
 
 
+def _only(status: str) -> dict[str, Any]:
+    """A partial index's condition: the jobs of one status."""
+    condition = text(f"status = '{status}'")
+    return {"postgresql_where": condition, "sqlite_where": condition}
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         # claims and fills: queued jobs of one queue or batch key in claim order (rank, then
-        # line), read from the index without sorting every queued job of the key
-        Index("ix_jobs_status_queue_rank_index", "status", "queue", "rank", "index"),
-        Index("ix_jobs_status_key_rank_index", "status", "batch_key", "rank", "index"),
+        # line), read from the index without sorting every queued job of the key. Each holds
+        # only jobs of its status (see job_status_is): the way in for statements that name it,
+        # whatever the statistics say
+        Index("ix_jobs_queued_queue_rank", "queue", "rank", "index", **_only("queued")),
+        Index("ix_jobs_queued_key_rank", "batch_key", "rank", "index", **_only("queued")),
+        Index("ix_jobs_running_lease", "lease_expires_at", **_only("running")),
+        Index("ix_jobs_waiting", "id", **_only("waiting")),
         Index("ix_jobs_fingerprint_status", "fingerprint", "status"),
         Index("ix_jobs_batch_line_status", "batch_id", "line", "status"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
-        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -137,6 +148,14 @@ class Job(Base):
     waits_on: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # share of a long job (a video) finished so far, 0 to 1; 1 once it succeeded
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+def job_status_is(status: JobStatus) -> Any:
+    """``jobs.status = 'queued'`` (or another status) with the status in the statement's text,
+    not a parameter: the partial indexes of queued, running and waiting jobs serve only
+    statements that name their status (SQLite never matches a parameter to an index's
+    condition, nor does a plan PostgreSQL makes for any value)."""
+    return Job.status == literal_column(f"'{status.value}'", String())
 
 
 class Output(Base):

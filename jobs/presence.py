@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from jobs.models import Job, Worker, utcnow
+from jobs.models import Job, Worker, job_status_is, utcnow
 from jobs.states import JobStatus
 
 
@@ -44,7 +44,7 @@ def served_models(session: Session, stale_after_s: float,
 def unserved(session: Session, stale_after_s: float, batch_id: str | None = None,
              now: datetime | None = None) -> dict[str, int]:
     """Queued jobs (of one batch, or all) whose model no live worker serves: model -> count."""
-    stmt = (select(Job.model, func.count()).where(Job.status == JobStatus.QUEUED)
+    stmt = (select(Job.model, func.count()).where(job_status_is(JobStatus.QUEUED))
             .group_by(Job.model))
     if batch_id is not None:
         stmt = stmt.where(Job.batch_id == batch_id)

@@ -564,9 +564,8 @@ class Runtime:
     def _still_held(self, owner: str, chunk: list[ClaimedJob]) -> list[ClaimedJob]:
         """The jobs of ``chunk`` this claim still owns: cancelled or lost ones are dropped here."""
         with self.sessions() as session:
-            held = set(session.scalars(select(Job.id).where(
-                Job.id.in_([j.id for j in chunk]), Job.lease_owner == owner,
-                Job.status == JobStatus.RUNNING)))
+            held = set(session.scalars(select(Job.id).where(  # owner: only while running
+                Job.id.in_([j.id for j in chunk]), Job.lease_owner == owner)))
         return [j for j in chunk if j.id in held]
 
     def _projects(self, batch_ids: set[str], session: Session) -> dict[str, str]:

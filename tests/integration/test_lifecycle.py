@@ -177,3 +177,38 @@ def test_results_of_many_passes_are_recorded_together_each_with_its_own_share(se
     assert [jobs[j].device_seconds for j in ids[:6]] == shares[:6]
     assert jobs[ids[6]].status == "running" and jobs[ids[6]].device_seconds == 0
     assert outputs == {j: i + 1 for i, j in enumerate(ids[:6])}
+
+
+def test_a_job_has_a_lease_owner_only_while_it_runs(sessions) -> None:  # type: ignore[no-untyped-def]
+    """The owner alone guards a worker's writes to the jobs it holds (records, progress, the
+    checks for cancelled jobs), so every move out of running must clear it: checked after each
+    transition that leaves running, and a record by a former owner touches nothing."""
+    from sqlalchemy import func
+
+    def owners_not_running() -> int:
+        with sessions() as s:
+            return int(s.scalar(select(func.count()).where(
+                Job.lease_owner.is_not(None), Job.status != "running")) or 0)
+
+    ids = make_batch(sessions, 12, max_attempts=2)
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids, "w1", 60)
+    moves = [
+        lambda s: lifecycle.record(s, "w1", [JobResult(ids[0])]),  # succeeded
+        lambda s: lifecycle.record(s, "w1", [JobResult(ids[1], error="boom")]),  # failed
+        lambda s: lifecycle.record(s, "w1", [JobResult(ids[2], error="later", retryable=True)]),
+        lambda s: lifecycle.release(s, "w1", [ids[3]], "handed back"),
+        lambda s: lifecycle.cancel(s, Job.id == ids[4]),
+        lambda s: lifecycle.expire_leases(s, now=utcnow() + timedelta(seconds=61)),
+    ]
+    for move in moves:
+        with sessions.begin() as s:
+            move(s)
+        assert owners_not_running() == 0
+    with sessions.begin() as s:
+        lifecycle.claim(s, ids[5:7], "w2", 60, now=utcnow() + timedelta(seconds=120))
+        lifecycle.release_owned(s, "w2", "worker lost")
+    assert owners_not_running() == 0
+    with sessions.begin() as s:  # every job is back in the queue or finished: w1 holds nothing
+        assert lifecycle.record(s, "w1", [JobResult(i) for i in ids]) == (set(), set(), set())
+    assert statuses(sessions)[ids[0]] == "succeeded" and statuses(sessions)[ids[5]] == "queued"
