@@ -46,18 +46,6 @@ def make_engine(url: str, *, connect_timeout: float = 10.0, **kwargs: Any) -> En
         connect_args = {"connect_timeout": max(2, math.ceil(connect_timeout)),
                         **kwargs.pop("connect_args", {})}
         kwargs["connect_args"] = connect_args
-        engine = create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _custom_plans(dbapi_conn: Any, _record: Any) -> None:
-            # psycopg prepares a statement run five times, and PostgreSQL may then plan it once
-            # for any values (a generic plan): for a claim, one that sorts every queued job
-            # instead of reading the claim order index. A plan per run, with its values, keeps
-            # the index; the parse is still saved.
-            dbapi_conn.execute("SET plan_cache_mode = force_custom_plan")
-            dbapi_conn.commit()
-
-        return engine
     return create_engine(url, **kwargs)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -64,13 +65,14 @@ def test_claims_read_what_they_take_in_index_order(pg_url: str) -> None:
     engine.dispose()
 
 
-def test_prepared_claims_and_records_read_what_they_take(pg_url: str) -> None:
+@pytest.mark.parametrize("planning", ["force_generic_plan", "force_custom_plan"])
+def test_prepared_claims_and_records_read_what_they_take(pg_url: str, planning: str) -> None:
     """psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
-    values (a generic plan), which for a claim sorted every queued job: the farm's connections
-    plan each run with its values. And statistics taken while the farm sat idle (nothing queued,
-    nothing running) must not make a status the way in: a claim's update then read every queued
-    job for each one it moved (40 ms a claim of 3,000), a record every running job. Prepared,
-    on such statistics, with 20 units running elsewhere, claims and records read what they move."""
+    values (a generic plan), which for a claim sorted every queued job. And statistics taken
+    while the farm sat idle (nothing queued, nothing running) must not make a status the way
+    in: a claim's update then read every queued job for each one it moved (40 ms a claim of
+    3,000), a record every running job. On such statistics, with 20 units running elsewhere,
+    planned once for any values or for each run's own, claims and records read what they move."""
     upgrade(pg_url)
     engine = make_engine(pg_url)
     sessions = session_factory(engine)
@@ -98,11 +100,10 @@ def test_prepared_claims_and_records_read_what_they_take(pg_url: str) -> None:
             plans.append(json.loads(text[text.index("{"):]))
 
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
         driver = conn.connection.driver_connection
         assert driver is not None
         driver.add_notice_handler(explained)
-        for setting in ("LOAD 'auto_explain'",
+        for setting in (f"SET plan_cache_mode = {planning}", "LOAD 'auto_explain'",
                         "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
                         "SET auto_explain.log_level = notice", "SET auto_explain.log_format = json"):
             conn.exec_driver_sql(setting)
