@@ -63,12 +63,9 @@ def farm_round(env: dict[str, str], n: int, size: int, offset: int) -> float:
     t0 = time.perf_counter()
     result = submitter.submit_manifest("bench", json.dumps(line(n, size, offset)), force=True)
 
-    def done() -> bool:
-        with submitter.sessions() as s:
-            return s.scalar(select(Batch.finished_at).where(Batch.id == result.batch_id)) \
-                is not None
-
-    return wait_until(done, poll=0.05) - t0
+    finished = select(Batch.finished_at).where(Batch.id == result.batch_id)
+    return wait_until(submitter.sessions.kw["bind"], lambda conn: conn.scalar(finished) is not None,
+                      poll=0.05) - t0
 
 
 def _loop(fam: Any, jobs: list[dict[str, Any]], batch: int, folder: Path, name: str) -> float:
