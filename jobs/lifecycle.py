@@ -325,7 +325,8 @@ def record(session: Session, owner: str, results: Sequence[JobResult],
             by_share: dict[float, list[str]] = defaultdict(list)
             for r in ok:
                 by_share[r.device_seconds].append(r.job_id)
-            groups = [{"p_ids": ids, "p_share": s} for s, ids in by_share.items()]
+            groups = [{"p_ids": part, "p_share": s} for s, ids in by_share.items()
+                      for part in _chunks(ids, 2_000)]  # a parameter per id there
         for params in groups:
             rows = _run_move(session, stmt, {**common, **params}, JobStatus.RUNNING,
                              JobStatus.SUCCEEDED, "succeeded", owner, now)

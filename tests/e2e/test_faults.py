@@ -261,9 +261,13 @@ def test_worker_processes_recycle_after_a_task_count(tmp_path: Path, workers: Wo
                                  ("--max-tasks-per-child", "1"), GENFARM_UNIT_SIZE="16")
     db.wait(batch, workers)
     assert db.counts(batch) == {"succeeded": 64}
-    # lease owners are host:worker:process:claim; each unit ran in a fresh pool process
-    processes = {e.worker.split(":")[2] for e in db.events(batch) if e.to_status == "running"}
-    assert len(processes) == 4
+    # lease owners are host:worker:process:claim; each unit ran in a fresh pool process: no
+    # process made a second claim (a unit may take fewer than 16 when another claim or the
+    # reconciler holds some of its rows for an instant; a later unit, in its own process, takes
+    # the rest)
+    claims = {tuple(e.worker.split(":")[2:4]) for e in db.events(batch) if e.to_status == "running"}
+    per_process = [p for p, _ in claims]
+    assert len(per_process) == len(set(per_process)) >= 4, sorted(claims)
     db.close()
 
 
