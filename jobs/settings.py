@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         None, description="Celery broker URL; default Celery's filesystem transport under data_dir. "
         "Production: redis://host:6379/0"
     )
+    broker_poll_seconds: float = Field(
+        0.1, gt=0, le=10, description="How often a worker looks for messages on a broker it has "
+        "to poll (the embedded filesystem one; Redis and RabbitMQ deliver at once). A worker "
+        "takes its next unit at its next look: lower, less idle time between units; higher, "
+        "less CPU spent looking while idle.")
     storage_url: str | None = Field(
         None, description="file:///path or s3://bucket/prefix; default a folder under data_dir."
     )
