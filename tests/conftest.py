@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,6 +103,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         drop_pg_database(server, url)
+
+
+@pytest.fixture
+def runtime(db_url: str, tmp_path: Path) -> Iterator[Any]:
+    """A worker process's runtime in the test's own process, on both databases: outputs to a
+    local folder, and no wait for jobs of other submissions."""
+    from jobs.settings import Settings
+    from workers.runner import Runtime
+
+    rt = Runtime(Settings(database_url=db_url, data_dir=tmp_path / "data",
+                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0))
+    yield rt
+    rt.close()
 
 
 class PrivatePostgres:

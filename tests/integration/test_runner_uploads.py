@@ -11,22 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from jobs.db import upgrade
 from jobs.lifecycle import ClaimedJob
 from jobs.manifest import parse_manifest
 from jobs.models import Job
-from jobs.settings import Settings
 from jobs.submit import WorkUnit, submit
 from workers.runner import UPLOAD_TASK_S, Runtime
-
-
-@pytest.fixture
-def runtime(db_url: str, tmp_path: Path) -> Any:
-    upgrade(db_url)
-    rt = Runtime(Settings(database_url=db_url, data_dir=tmp_path / "data",
-                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0))
-    yield rt
-    rt.close()
 
 
 def unit_of(runtime: Runtime, jobs: int) -> WorkUnit:

@@ -6,27 +6,15 @@ reconciler take a finished unit for a silent one."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
 
-from jobs.db import upgrade
 from jobs.manifest import parse_manifest
 from jobs.models import Job, UnitPulse
-from jobs.settings import Settings
 from jobs.submit import WorkUnit, submit
 from workers.runner import Runtime
-
-
-@pytest.fixture
-def runtime(db_url: str, tmp_path: Path) -> Any:
-    upgrade(db_url)
-    rt = Runtime(Settings(database_url=db_url, data_dir=tmp_path / "data",
-                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0))
-    yield rt
-    rt.close()
 
 
 def unit_of(runtime: Runtime, line: dict[str, Any]) -> WorkUnit:
