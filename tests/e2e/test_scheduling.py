@@ -175,9 +175,16 @@ def test_a_dry_run_estimates_the_real_run_and_a_budget_refuses_an_overrun(
                                 env=env).stdout)["batch_id"]
     db.wait(second, workers)
     measured = sum(j.device_seconds for j in db.jobs(second))
-    print(f"dry run estimated {estimate['device_seconds']:.2f} device-seconds, "
-          f"the run measured {measured:.2f}")
-    assert abs(estimate["device_seconds"] - measured) <= 0.3 * measured
+    before = sum(j.device_seconds for j in db.jobs(first))
+    print(f"dry run estimated {estimate['device_seconds']:.2f} device-seconds, the run "
+          f"measured {measured:.2f}, the run it was estimated from {before:.2f}")
+    # the estimate is the measured batch's passes (all but its first), scaled to the manifest
+    assert abs(estimate["device_seconds"] - before) <= 0.3 * before
+    # and it predicts the next run: within 2-6% in eight runs alone, but this shared two-vCPU
+    # machine's pace swings from one minute to the next (a bare loop of this model made 52 to
+    # 91 images/s within an hour), and once in a full suite the next run took 0.70 of the
+    # estimate; a factor of 2 either way still fails an estimate of the wrong work
+    assert measured / 2 <= estimate["device_seconds"] <= measured * 2
     # a budget smaller than the next run's estimate refuses it, with the numbers, exit 2
     spent = json.loads(run_cli("usage", "-p", "acme", "--json", env=env).stdout)[0]
     assert spent["device_seconds"] == pytest.approx(
