@@ -425,13 +425,16 @@ def expire_silent_units(session: Session, grace_s: float, now: datetime | None =
                                   .limit(1000)))
     if not silent:
         return 0
-    ended = rowcount(session.execute(
-        update(Job).where(job_status_is(JobStatus.RUNNING), Job.lease_owner.in_(silent))
+    # the pulse rows first, then the jobs, as a heartbeat takes them (the other order can
+    # deadlock with it); a unit that pulsed while this waited keeps its row, and its jobs
+    gone = list(session.scalars(
+        delete(UnitPulse).where(UnitPulse.owner.in_(silent), UnitPulse.seen_at < cutoff)
+        .returning(UnitPulse.owner).execution_options(synchronize_session=False)))
+    if not gone:
+        return 0
+    return rowcount(session.execute(
+        update(Job).where(job_status_is(JobStatus.RUNNING), Job.lease_owner.in_(gone))
         .values(lease_expires_at=cutoff).execution_options(synchronize_session=False)))
-    session.execute(delete(UnitPulse).where(UnitPulse.owner.in_(silent),
-                                            UnitPulse.seen_at < cutoff)
-                    .execution_options(synchronize_session=False))
-    return ended
 
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[str], set[str]]:

@@ -165,7 +165,9 @@ class Runtime:
         self.families[model] = fam
         # what setup made (torch's modules, a model's weights and layers: hundreds of thousands
         # of objects that live as long as the process) leaves the collector's scans: a full
-        # collection walked them all, about 100 ms every few hundred units
+        # collection walked them all, about 100 ms every few hundred units. Garbage first:
+        # a frozen cycle (a failed pass's traceback holding tensors) would never be freed
+        gc.collect()
         gc.freeze()
         return fam
 
@@ -549,10 +551,10 @@ class Runtime:
         unit's pulse (its last record: nothing of it is left running)."""
         t = time.perf_counter()
         with self.sessions.begin() as session:
+            if end_pulse:  # the pulse row before the jobs, as the heartbeat takes them: the
+                lifecycle.pulse_end(session, owner)  # other order can deadlock with it
             ok, failed, requeued = lifecycle.record(session, owner, results)
             record_passes(session, passes)
-            if end_pulse:
-                lifecycle.pulse_end(session, owner)
         report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)

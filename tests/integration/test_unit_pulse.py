@@ -6,15 +6,19 @@ reconciler take a finished unit for a silent one."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
 
+from jobs import lifecycle
 from jobs.manifest import parse_manifest
-from jobs.models import Job, UnitPulse
+from jobs.models import Job, UnitPulse, utcnow
 from jobs.submit import WorkUnit, submit
-from workers.runner import Runtime
+from workers.runner import Runtime, UnitReport
 
 
 def unit_of(runtime: Runtime, line: dict[str, Any]) -> WorkUnit:
@@ -69,3 +73,76 @@ def test_a_unit_takes_three_transactions(runtime: Runtime, jobs: int) -> None:
     assert report.succeeded == jobs and pulses(runtime) == 0
     assert report.batches_finished  # and its batch, closed: one more, once per batch
     assert len(commits) == 3 + 1, report.ms
+
+
+def test_a_units_last_record_and_a_heartbeat_at_the_same_moment_both_commit(
+        runtime: Runtime) -> None:
+    """A heartbeat takes the unit's pulse row, then its jobs (a lease extension); the unit's last
+    record ends the pulse and records its jobs. Taken in the other order they deadlock, and the
+    database ends one: the unit's outcomes, or its beat. Here the beat holds the pulse row when
+    the record starts, and extends the leases while the record waits."""
+    unit = unit_of(runtime, {"kind": "noop", "tag": {"range": [0, 4]}})
+    owner = "worker:unit"
+    with runtime.sessions.begin() as s:
+        assert len(lifecycle.claim(s, unit.job_ids, owner, 60)) == 4
+        lifecycle.pulse_start(s, owner)
+    beat = runtime.sessions()
+    beat.begin()
+    assert lifecycle.pulse(beat, owner) == 1  # the heartbeat thread, between its two writes
+    errors: list[BaseException] = []
+
+    def last_record() -> None:
+        try:
+            runtime._record(owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(),
+                            end_pulse=True)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=last_record)
+    thread.start()
+    time.sleep(0.5)  # the record is waiting on one of the beat's rows by now
+    try:
+        assert lifecycle.heartbeat(beat, owner, 60) == 4
+        beat.commit()
+    finally:
+        beat.close()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert statuses(runtime) == {"succeeded": 4} and pulses(runtime) == 0
+
+
+def test_a_silent_units_expiry_and_its_late_heartbeat_at_the_same_moment_both_commit(
+        runtime: Runtime) -> None:
+    """The reconciler ends the leases of a unit silent past its grace, while that unit's late
+    heartbeat takes its pulse row and then its jobs. Taken in the same order, the unit has
+    pulsed by the time the reconciler gets its row: it keeps its pulse and its jobs."""
+    unit = unit_of(runtime, {"kind": "noop", "tag": {"range": [0, 4]}})
+    owner = "worker:slow"
+    long_ago = utcnow() - timedelta(seconds=60)
+    with runtime.sessions.begin() as s:
+        assert len(lifecycle.claim(s, unit.job_ids, owner, 120, now=long_ago)) == 4
+        lifecycle.pulse_start(s, owner, long_ago)
+    beat = runtime.sessions()
+    beat.begin()
+    assert lifecycle.pulse(beat, owner) == 1
+    ended: list[int] = []
+    errors: list[BaseException] = []
+
+    def reconcile() -> None:
+        try:
+            with runtime.sessions.begin() as s:
+                ended.append(lifecycle.expire_silent_units(s, 8.0))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=reconcile)
+    thread.start()
+    time.sleep(0.5)  # the reconciler is waiting on one of the beat's rows by now
+    try:
+        assert lifecycle.heartbeat(beat, owner, 120) == 4
+        beat.commit()
+    finally:
+        beat.close()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert ended == [0] and statuses(runtime) == {"running": 4} and pulses(runtime) == 1
