@@ -31,17 +31,22 @@ def _where(status: str) -> dict[str, Any]:
 
 
 def upgrade() -> None:
+    op.drop_index("ix_jobs_status_queue_rank_index", table_name="jobs")
+    op.drop_index("ix_jobs_status_key_rank_index", table_name="jobs")
+    op.drop_index("ix_jobs_status_lease", table_name="jobs")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE jobs ALTER COLUMN status SET STATISTICS 0")
+        # no statistics taken from now on, and the ones taken before go: a statistics target
+        # of 0 keeps them (ANALYZE leaves the column alone), and with them a claim sorted every
+        # queued job. The column's type, set again, drops them for its owner (no superuser):
+        # the table is not rewritten, the three other indexes holding status are rebuilt
+        op.execute("ALTER TABLE jobs ALTER COLUMN status TYPE VARCHAR(16)")
     op.create_index("ix_jobs_queued_queue_rank", "jobs", ["queue", "rank", "index"],
                     **_where("queued"))
     op.create_index("ix_jobs_queued_key_rank", "jobs", ["batch_key", "rank", "index"],
                     **_where("queued"))
     op.create_index("ix_jobs_running_lease", "jobs", ["lease_expires_at"], **_where("running"))
     op.create_index("ix_jobs_waiting", "jobs", ["id"], **_where("waiting"))
-    op.drop_index("ix_jobs_status_queue_rank_index", table_name="jobs")
-    op.drop_index("ix_jobs_status_key_rank_index", table_name="jobs")
-    op.drop_index("ix_jobs_status_lease", table_name="jobs")
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("ALTER TABLE jobs ALTER COLUMN status SET STATISTICS 0")
 
 
 def downgrade() -> None:
