@@ -470,19 +470,31 @@ def cancel(session: Session, job_filter: Any, reason: str = "cancelled by user",
 
 
 @functools.cache
-def _waiting_stmt() -> Any:
-    """Up to p_limit waiting jobs, with what they wait on (every finished unit asks)."""
-    return select(Job.id, Job.waits_on).where(job_status_is(JobStatus.WAITING)).limit(
-        bindparam("p_limit", type_=Integer()))
+def _waiting_stmts() -> tuple[Any, Any]:
+    """Up to p_limit waiting jobs from id p_from on, and before it, with what they wait on
+    (every finished unit asks)."""
+    base = select(Job.id, Job.waits_on).where(job_status_is(JobStatus.WAITING)).order_by(
+        Job.id).limit(bindparam("p_limit", type_=Integer()))
+    start = bindparam("p_from", type_=String())
+    return base.where(Job.id >= start), base.where(Job.id < start)
 
 
-def release_waiting(session: Session, limit: int = 10_000, now: datetime | None = None
-                    ) -> tuple[list[tuple[str, str, str, int]], int]:
+def release_waiting(session: Session, limit: int = 10_000, now: datetime | None = None,
+                    start: str | None = None) -> tuple[list[tuple[str, str, str, int]], int]:
     """Waiting jobs whose parents all succeeded go to the queue; those with a parent that
     failed or was cancelled fail ("upstream failed"). Returns the released jobs as (id, queue,
-    batch_key), to publish, and how many failed. Cheap when nothing waits."""
+    batch_key), to publish, and how many failed. Cheap when nothing waits.
+
+    With more than ``limit`` waiting, one call looks at ``limit`` of them in id order from
+    ``start`` (default: a random point), wrapping around: calls from fixed ids would look at
+    the same jobs each time, and a job ready beyond them would wait for all of them."""
     now = now or utcnow()
-    waiting = session.connection().execute(_waiting_stmt(), {"p_limit": limit}).all()
+    conn = session.connection()
+    after, before = _waiting_stmts()
+    start = f"{random.getrandbits(128):032x}" if start is None else start
+    waiting = list(conn.execute(after, {"p_limit": limit, "p_from": start}))
+    if len(waiting) < limit:
+        waiting += conn.execute(before, {"p_limit": limit - len(waiting), "p_from": start}).all()
     if not waiting:
         return [], 0
     verdicts: dict[str, str | None] = {}  # group -> None (done), "" (pending) or why it failed

@@ -115,6 +115,35 @@ def test_a_line_waits_for_whole_batches_of_its_project(sessions: Any) -> None:
     assert (error.line, error.field) == (1, "after") and "in this project" in error.message
 
 
+def test_a_ready_job_is_released_whatever_its_place_among_more_waiting_than_a_look_reads(
+        sessions: Any) -> None:
+    """A look at waiting jobs reads a window of them (10,000 by default) in id order from a
+    random id, wrapping around: a window from fixed ids read the same jobs at every look, and a
+    job ready beyond them waited for all of them."""
+    parent, _ = send(sessions, NOOP)  # never finishes: 30 jobs wait on it
+    send(sessions, {"kind": "noop", "tag": {"range": [0, 30]}, "after": [parent[:8]]})
+    done, units = send(sessions, NOOP)
+    child, _ = send(sessions, {"kind": "noop", "after": [done[:8]]})
+    finish(sessions, units[0].job_ids)
+    with sessions() as s:
+        [ready] = s.scalars(select(Job.id).where(Job.batch_id == child))
+        pending = sorted(s.scalars(select(Job.id).where(Job.status == "waiting",
+                                                        Job.batch_id != child)))
+    assert len(pending) == 30
+    with sessions.begin() as s:  # a window reads from its start on: here one pending job
+        assert lifecycle.release_waiting(s, limit=1, start=pending[0]) == ([], 0)
+    released: list[Any] = []
+    for _ in range(60):  # windows of 10 of 31: each misses the ready job 2 times in 3
+        with sessions.begin() as s:
+            released += lifecycle.release_waiting(s, limit=10)[0]
+        if released:
+            break
+    assert [r[0] for r in released] == [ready]
+    send(sessions, {"kind": "noop", "after": [done[:8]]})  # one more ready job
+    with sessions.begin() as s:  # a window from past the last id wraps around to the first
+        assert len(lifecycle.release_waiting(s, limit=31, start="g")[0]) == 1
+
+
 def test_cancel_takes_waiting_jobs_too(sessions: Any) -> None:
     batch, _ = send(sessions, NOOP, {**NOOP, "after": [1]})
     with sessions.begin() as s:
