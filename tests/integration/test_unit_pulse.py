@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -75,38 +76,46 @@ def test_a_unit_takes_three_transactions(runtime: Runtime, jobs: int) -> None:
     assert len(commits) == 3 + 1, report.ms
 
 
+def beat_meets(runtime: Runtime, owner: str, lease_s: float, other: Callable[[], Any]
+               ) -> list[BaseException]:
+    """A heartbeat of ``owner``'s unit, between its two writes (the pulse row written, the jobs'
+    leases not yet), while ``other`` runs in a thread and waits on one of its rows; then the
+    beat extends the leases and commits. Returns what ``other`` raised."""
+    beat = runtime.sessions()
+    beat.begin()
+    assert lifecycle.pulse(beat, owner) == 1
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            other()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)  # ``other`` is waiting on one of the beat's rows by now
+    try:
+        assert lifecycle.heartbeat(beat, owner, lease_s) == 4
+        beat.commit()
+    finally:
+        beat.close()
+        thread.join(timeout=30)
+    return errors
+
+
 def test_a_units_last_record_and_a_heartbeat_at_the_same_moment_both_commit(
         runtime: Runtime) -> None:
     """A heartbeat takes the unit's pulse row, then its jobs (a lease extension); the unit's last
     record ends the pulse and records its jobs. Taken in the other order they deadlock, and the
-    database ends one: the unit's outcomes, or its beat. Here the beat holds the pulse row when
-    the record starts, and extends the leases while the record waits."""
+    database ends one: the unit's outcomes, or its beat."""
     unit = unit_of(runtime, {"kind": "noop", "tag": {"range": [0, 4]}})
     owner = "worker:unit"
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 60)) == 4
         lifecycle.pulse_start(s, owner)
-    beat = runtime.sessions()
-    beat.begin()
-    assert lifecycle.pulse(beat, owner) == 1  # the heartbeat thread, between its two writes
-    errors: list[BaseException] = []
-
-    def last_record() -> None:
-        try:
-            runtime._record(owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(),
-                            end_pulse=True)
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            errors.append(exc)
-
-    thread = threading.Thread(target=last_record)
-    thread.start()
-    time.sleep(0.5)  # the record is waiting on one of the beat's rows by now
-    try:
-        assert lifecycle.heartbeat(beat, owner, 60) == 4
-        beat.commit()
-    finally:
-        beat.close()
-        thread.join(timeout=30)
+    errors = beat_meets(runtime, owner, 60, lambda: runtime._record(
+        owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(), end_pulse=True))
     assert not errors, errors
     assert statuses(runtime) == {"succeeded": 4} and pulses(runtime) == 0
 
@@ -122,27 +131,12 @@ def test_a_silent_units_expiry_and_its_late_heartbeat_at_the_same_moment_both_co
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 120, now=long_ago)) == 4
         lifecycle.pulse_start(s, owner, long_ago)
-    beat = runtime.sessions()
-    beat.begin()
-    assert lifecycle.pulse(beat, owner) == 1
     ended: list[int] = []
-    errors: list[BaseException] = []
 
     def reconcile() -> None:
-        try:
-            with runtime.sessions.begin() as s:
-                ended.append(lifecycle.expire_silent_units(s, 8.0))
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            errors.append(exc)
+        with runtime.sessions.begin() as s:
+            ended.append(lifecycle.expire_silent_units(s, 8.0))
 
-    thread = threading.Thread(target=reconcile)
-    thread.start()
-    time.sleep(0.5)  # the reconciler is waiting on one of the beat's rows by now
-    try:
-        assert lifecycle.heartbeat(beat, owner, 120) == 4
-        beat.commit()
-    finally:
-        beat.close()
-        thread.join(timeout=30)
+    errors = beat_meets(runtime, owner, 120, reconcile)
     assert not errors, errors
     assert ended == [0] and statuses(runtime) == {"running": 4} and pulses(runtime) == 1
