@@ -29,7 +29,6 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
-    delete,
     func,
     insert,
     literal,
@@ -40,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Grouping
 
-from jobs.models import Job, JobEvent, Output, UnitPulse, UTCDateTime, job_status_is, utcnow
+from jobs.models import Job, JobEvent, Output, UTCDateTime, job_status_is, utcnow
 from jobs.sql import insert_rows, none_of, one_of, rowcount
 from jobs.states import JobStatus
 
@@ -388,53 +387,6 @@ def release(session: Session, owner: str, job_ids: Sequence[str], reason: str,
                 attempt=Job.attempt - 1, published_at=None),
         JobStatus.RUNNING, JobStatus.QUEUED, reason, owner, now)
     return {r[0] for r in rows}
-
-
-@functools.cache
-def _pulse_stmts() -> tuple[Any, Any, Any]:
-    """A unit's pulse row: made, refreshed, removed (owner p_owner, time p_now)."""
-    owner = UnitPulse.owner == bindparam("p_owner", type_=String())
-    return (insert(UnitPulse).values(owner=bindparam("p_owner", type_=String()),
-                                     seen_at=bindparam("p_now", type_=UTCDateTime())),
-            update(UnitPulse).where(owner).values(seen_at=bindparam("p_now", type_=UTCDateTime())),
-            delete(UnitPulse).where(owner))
-
-
-def pulse_start(session: Session, owner: str, now: datetime | None = None) -> None:
-    """A unit began: its pulse row, in the transaction that claims its jobs."""
-    session.connection().execute(_pulse_stmts()[0], {"p_owner": owner, "p_now": now or utcnow()})
-
-
-def pulse(session: Session, owner: str, now: datetime | None = None) -> int:
-    """The unit is alive (one row, whatever its job count); 0 once it was given up for lost."""
-    return rowcount(session.connection().execute(
-        _pulse_stmts()[1], {"p_owner": owner, "p_now": now or utcnow()}))
-
-
-def pulse_end(session: Session, owner: str) -> None:
-    session.connection().execute(_pulse_stmts()[2], {"p_owner": owner})
-
-
-def expire_silent_units(session: Session, grace_s: float, now: datetime | None = None) -> int:
-    """Units whose worker has not pulsed for ``grace_s`` are lost: their running jobs' leases
-    end now, so :func:`expire_leases` returns them to the queue in this pass. Returns how many
-    jobs it ended."""
-    now = now or utcnow()
-    cutoff = now - timedelta(seconds=grace_s)
-    silent = list(session.scalars(select(UnitPulse.owner).where(UnitPulse.seen_at < cutoff)
-                                  .limit(1000)))
-    if not silent:
-        return 0
-    # the pulse rows first, then the jobs, as a heartbeat takes them (the other order can
-    # deadlock with it); a unit that pulsed while this waited keeps its row, and its jobs
-    gone = list(session.scalars(
-        delete(UnitPulse).where(UnitPulse.owner.in_(silent), UnitPulse.seen_at < cutoff)
-        .returning(UnitPulse.owner).execution_options(synchronize_session=False)))
-    if not gone:
-        return 0
-    return rowcount(session.execute(
-        update(Job).where(job_status_is(JobStatus.RUNNING), Job.lease_owner.in_(gone))
-        .values(lease_expires_at=cutoff).execution_options(synchronize_session=False)))
 
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[set[str], set[str]]:

@@ -10,6 +10,7 @@ from typing import Any
 from jobs import lifecycle
 from jobs.batches import finalize_if_done, open_batches
 from jobs.db import make_engine, session_factory
+from jobs.pulse import expire_silent_units
 from jobs.settings import Settings
 from jobs.submit import Publisher, publish_due
 from storage import open_storage
@@ -42,7 +43,7 @@ class Reconciler:
     def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
         with self.sessions.begin() as session:
-            lifecycle.expire_silent_units(session, self.settings.pulse_grace_seconds)
+            expire_silent_units(session, self.settings.pulse_grace_seconds)
             back, dead = lifecycle.expire_leases(session)
         report.requeued, report.failed = len(back), len(dead)
         with self.sessions.begin() as session:  # released jobs are published just below
@@ -65,7 +66,7 @@ class Reconciler:
         worker was killed, its host lost) back to the queue and published. One query over the
         pulses (a row per running unit) when nothing was lost."""
         with self.sessions.begin() as session:
-            if not lifecycle.expire_silent_units(session, self.settings.pulse_grace_seconds):
+            if not expire_silent_units(session, self.settings.pulse_grace_seconds):
                 return 0
             back, dead = lifecycle.expire_leases(session)
         if back or dead:

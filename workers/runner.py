@@ -31,6 +31,7 @@ from jobs.errors import GenfarmError, PipelineError
 from jobs.estimates import record_passes
 from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
 from jobs.models import Batch, Job
+from jobs.pulse import pulse, pulse_end, pulse_start
 from jobs.registry import default_cost
 from jobs.settings import Settings
 from jobs.states import JobStatus
@@ -196,7 +197,7 @@ class Runtime:
                 claimed = lifecycle.claim(session, job_ids, owner, s.lease_seconds)
                 exhausted = False
             if claimed:  # from now on, this unit pulses (see _heartbeat)
-                lifecycle.pulse_start(session, owner)
+                pulse_start(session, owner)
             t = report.lap("claim", t)
             # top up the last forward pass with queued jobs of the same key from any batch
             short = (-len(claimed)) % s.max_batch
@@ -300,7 +301,7 @@ class Runtime:
         while not stop.wait(min(s.pulse_seconds, extend_every)):
             try:
                 with self.sessions.begin() as session:
-                    lifecycle.pulse(session, owner)
+                    pulse(session, owner)
                     if time.monotonic() - extended >= extend_every:
                         lifecycle.heartbeat(session, owner, s.lease_seconds)
                         extended = time.monotonic()
@@ -310,7 +311,7 @@ class Runtime:
     def _end_pulse(self, owner: str) -> None:
         try:
             with self.sessions.begin() as session:
-                lifecycle.pulse_end(session, owner)
+                pulse_end(session, owner)
         except Exception:  # noqa: BLE001 - a stale pulse of a finished unit ends nothing
             log.warning("could not end the pulse of %s", owner, exc_info=True)
 
@@ -552,7 +553,7 @@ class Runtime:
         t = time.perf_counter()
         with self.sessions.begin() as session:
             if end_pulse:  # the pulse row before the jobs, as the heartbeat takes them: the
-                lifecycle.pulse_end(session, owner)  # other order can deadlock with it
+                pulse_end(session, owner)  # other order can deadlock with it
             ok, failed, requeued = lifecycle.record(session, owner, results)
             record_passes(session, passes)
         report.lap("record", t)

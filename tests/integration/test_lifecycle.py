@@ -10,6 +10,7 @@ from jobs.db import make_engine, session_factory
 from jobs.lifecycle import JobResult, OutputRecord
 from jobs.manifest import parse_manifest
 from jobs.models import Job, JobEvent, Output, utcnow
+from jobs.pulse import expire_silent_units, pulse, pulse_end, pulse_start
 from jobs.submit import submit
 
 
@@ -139,23 +140,23 @@ def test_a_silent_unit_loses_its_jobs_and_a_pulsing_one_keeps_them(sessions) -> 
     now = utcnow()
     with sessions.begin() as s:  # two units, leases far in the future (120 s)
         lifecycle.claim(s, ids[:3], "host:1:2:lost", 120, now=now - timedelta(seconds=20))
-        lifecycle.pulse_start(s, "host:1:2:lost", now - timedelta(seconds=20))
+        pulse_start(s, "host:1:2:lost", now - timedelta(seconds=20))
         lifecycle.claim(s, ids[3:], "host:1:3:alive", 120, now=now - timedelta(seconds=20))
-        lifecycle.pulse_start(s, "host:1:3:alive", now - timedelta(seconds=20))
+        pulse_start(s, "host:1:3:alive", now - timedelta(seconds=20))
     with sessions.begin() as s:  # only one of them keeps saying it is alive
-        assert lifecycle.pulse(s, "host:1:3:alive", now - timedelta(seconds=1)) == 1
+        assert pulse(s, "host:1:3:alive", now - timedelta(seconds=1)) == 1
     with sessions.begin() as s:
-        assert lifecycle.expire_silent_units(s, 8.0, now) == 3
+        assert expire_silent_units(s, 8.0, now) == 3
         back, dead = lifecycle.expire_leases(s, now)
     assert back == set(ids[:3]) and not dead
     assert [statuses(sessions)[i] for i in ids] == ["queued"] * 3 + ["running"] * 3
     with sessions.begin() as s:  # the lost unit's pulse is gone; a late pulse changes nothing
-        assert lifecycle.pulse(s, "host:1:2:lost", now) == 0
-        assert lifecycle.expire_silent_units(s, 8.0, now) == 0
+        assert pulse(s, "host:1:2:lost", now) == 0
+        assert expire_silent_units(s, 8.0, now) == 0
         assert lifecycle.record(s, "host:1:2:lost", [JobResult(ids[0])]) == (set(), set(), set())
-        lifecycle.pulse_end(s, "host:1:3:alive")
+        pulse_end(s, "host:1:3:alive")
         # a unit that ended but whose jobs are still running (a pulse row lost) keeps its lease
-        assert lifecycle.expire_silent_units(s, 8.0, now + timedelta(seconds=60)) == 0
+        assert expire_silent_units(s, 8.0, now + timedelta(seconds=60)) == 0
 
 
 def test_results_of_many_passes_are_recorded_together_each_with_its_own_share(sessions) -> None:  # type: ignore[no-untyped-def]

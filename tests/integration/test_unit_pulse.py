@@ -18,6 +18,7 @@ from sqlalchemy import event, func, select
 from jobs import lifecycle
 from jobs.manifest import parse_manifest
 from jobs.models import Job, UnitPulse, utcnow
+from jobs.pulse import expire_silent_units, pulse, pulse_start
 from jobs.submit import WorkUnit, submit
 from workers.runner import Runtime, UnitReport
 
@@ -83,7 +84,7 @@ def beat_meets(runtime: Runtime, owner: str, lease_s: float, other: Callable[[],
     beat extends the leases and commits. Returns what ``other`` raised."""
     beat = runtime.sessions()
     beat.begin()
-    assert lifecycle.pulse(beat, owner) == 1
+    assert pulse(beat, owner) == 1
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -113,7 +114,7 @@ def test_a_units_last_record_and_a_heartbeat_at_the_same_moment_both_commit(
     owner = "worker:unit"
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 60)) == 4
-        lifecycle.pulse_start(s, owner)
+        pulse_start(s, owner)
     errors = beat_meets(runtime, owner, 60, lambda: runtime._record(
         owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(), end_pulse=True))
     assert not errors, errors
@@ -130,12 +131,12 @@ def test_a_silent_units_expiry_and_its_late_heartbeat_at_the_same_moment_both_co
     long_ago = utcnow() - timedelta(seconds=60)
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 120, now=long_ago)) == 4
-        lifecycle.pulse_start(s, owner, long_ago)
+        pulse_start(s, owner, long_ago)
     ended: list[int] = []
 
     def reconcile() -> None:
         with runtime.sessions.begin() as s:
-            ended.append(lifecycle.expire_silent_units(s, 8.0))
+            ended.append(expire_silent_units(s, 8.0))
 
     errors = beat_meets(runtime, owner, 120, reconcile)
     assert not errors, errors
