@@ -13,13 +13,12 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
@@ -29,7 +28,7 @@ from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
 from jobs.errors import GenfarmError, PipelineError
 from jobs.estimates import record_passes
-from jobs.lifecycle import ClaimedJob, JobResult, OutputRecord
+from jobs.lifecycle import ClaimedJob, JobResult
 from jobs.models import Batch, Job
 from jobs.pulse import pulse, pulse_end, pulse_start
 from jobs.registry import default_cost
@@ -38,7 +37,8 @@ from jobs.states import JobStatus
 from jobs.submit import Publisher, publish_jobs
 from storage import open_storage
 from storage.errors import StorageUnavailable
-from workers.family import Artifact, Family, JobContext, JobFailed
+from workers.family import Family, JobContext, JobFailed
+from workers.outputs import InFlight, Made, OutputWriter
 from workers.passes import PassSizes
 
 log = logging.getLogger("genfarm.worker")
@@ -46,9 +46,9 @@ IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for through
 
 RECORD_JOBS = 64  # finished passes' outcomes are recorded together, up to this many jobs ...
 RECORD_S = 0.25  # ... or this long after the first of them was ready: one transaction for many
-UPLOAD_TASK_S = 0.002  # an upload thread is handed about this much work at a time
 HELD_CHECK_S = 0.5  # how often, at most, a unit asks which of its jobs were cancelled meanwhile
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
+RECORD_TRIES = 5  # a record that meets a transient database error is tried this often in all
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -65,6 +65,13 @@ def is_transient(exc: BaseException) -> bool:
                         PoolTimeout)):
         return True
     return is_oom(exc)
+
+
+def is_transient_db(exc: BaseException) -> bool:
+    """A database error that another attempt on another connection may not meet: the server's
+    (a deadlock, a serialization failure, a shutdown), a lost connection, a full pool."""
+    return (isinstance(exc, (OperationalError, PoolTimeout))
+            or (isinstance(exc, DBAPIError) and exc.connection_invalidated))
 
 
 def pick_device(settings: Settings) -> str:
@@ -120,7 +127,7 @@ class Runtime:
         self.storage = open_storage(settings.resolved_storage_url(),
                                     endpoint_url=settings.s3_endpoint_url,
                                     max_connections=settings.upload_threads + 4)
-        self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
+        self.outputs = OutputWriter(self.storage, settings.upload_threads)
         self.catalog: Catalog = load_catalog(settings)
         self.families: dict[str, Family] = {}
         self.broken: dict[str, tuple[float, Exception]] = {}  # model -> (when, why) setup failed
@@ -131,7 +138,7 @@ class Runtime:
         self._unrecorded: list[JobResult] = []  # finished passes' outcomes, recorded together
         self._throughput: list[tuple[str, str, int, float, float]] = []  # ... with their passes
         self._ready_at = 0.0  # when the first of them was ready
-        self._upload_s = 0.0  # seconds to encode and store one job's outputs, measured
+        self._in_flight: list[InFlight] = []  # passes whose outputs are being stored
 
     @property
     def device(self) -> str:
@@ -173,7 +180,7 @@ class Runtime:
         return fam
 
     def close(self) -> None:
-        self.uploads.shutdown(wait=True)
+        self.outputs.close()
         self.engine.dispose()
 
     # -- one unit --------------------------------------------------------------------------
@@ -223,17 +230,25 @@ class Runtime:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
         beat.start()
-        ended = False  # whether the unit's last record ended its pulse
+        # whether the unit's pulse has ended, or is left to fall silent: a unit that an error
+        # ended (a record that failed for good) leaves it, so that the reconciler hands back
+        # the jobs it still holds within seconds (when their leases end, otherwise)
+        ended = False
         try:
             ended = self._run_claimed(owner, claimed, projects, report)
         except SoftTimeLimitExceeded:
+            ended = True  # by the time-out's record
             self._time_out(owner, report)
+        except BaseException:
             ended = True
+            raise
         finally:
             stop.set()
             beat.join(timeout=5)
-            if not ended:  # nothing was left to record, or the unit ended in an error
+            if not ended:  # nothing was left to record
                 self._end_pulse(owner)
+            # nothing of this unit joins the next one's record
+            self._unrecorded, self._throughput, self._in_flight = [], [], []
         t = report.lap("run", t)
         self._after_unit({c.batch_id for c in claimed}, report)
         report.lap("finalize", t)
@@ -283,7 +298,9 @@ class Runtime:
 
     def _time_out(self, owner: str, report: UnitReport) -> None:
         """The unit's time limit: every job it still holds (whatever phase it was in, jobs its
-        gather claimed too) is recorded as failed, retryable, and its pulse ends."""
+        gather claimed too) is recorded as failed, retryable, and its pulse ends. Outcomes not
+        yet recorded (a record the limit cut short) are recorded first, as they came."""
+        self._flush(owner, report)
         with self.sessions() as session:
             held = list(session.scalars(select(Job.id).where(
                 Job.lease_owner == owner, Job.status == JobStatus.RUNNING)))
@@ -324,8 +341,10 @@ class Runtime:
         try:
             self._run_keys(owner, by_key, projects, report)
         except BaseException:
-            # whatever ends the unit (its time limit too): what finished is recorded now, and
-            # nothing waits in the buffer for the next unit's claim
+            # whatever ends the unit (its time limit too): no write of it lands after its jobs
+            # go back to the queue (settled: uploads started finish, the others never start),
+            # and what finished is recorded now, nothing left for the next unit's claim
+            self._settle(report)
             self._flush(owner, report)
             raise
         # the unit's last record ends its pulse too: one transaction, not two
@@ -334,7 +353,6 @@ class Runtime:
     def _run_keys(self, owner: str, by_key: dict[str, list[ClaimedJob]],
                   projects: dict[str, str], report: UnitReport) -> None:
         """Each key's jobs in passes of its size, recording each pass while the next computes."""
-        pending: list[tuple[list[ClaimedJob], list[Future[list[Any]]], float, bool]] = []
         checked = time.perf_counter()
         for key, jobs in by_key.items():
             done = 0
@@ -353,11 +371,11 @@ class Runtime:
                     chunk = self._still_held(owner, chunk)
                     checked = time.perf_counter()
                 if chunk:
-                    self._run_pass(owner, key, chunk, projects, pending, report)
-                while len(pending) > 1:  # one pass in flight: record it while the next computes
-                    self._finish(owner, *pending.pop(0), report)
-        while pending:  # the last is recorded by the unit's closing record, with its pulse
-            self._finish(owner, *pending.pop(0), report, last=not pending)
+                    self._run_pass(owner, key, chunk, projects, report)
+                while len(self._in_flight) > 1:  # one pass in flight, stored as the next computes
+                    self._finish(owner, report)
+        while self._in_flight:  # the last is recorded by the unit's closing record, with its pulse
+            self._finish(owner, report, last=len(self._in_flight) == 1)
 
     def _largest(self, key: str) -> int:
         """The largest pass of ``key``: --max-batch, or less where out of memory said so."""
@@ -388,7 +406,6 @@ class Runtime:
         return self._passes
 
     def _run_pass(self, owner: str, key: str, chunk: list[ClaimedJob], projects: dict[str, str],
-                  pending: list[tuple[list[ClaimedJob], list[Future[list[Any]]], float, bool]],
                   report: UnitReport) -> None:
         """One forward pass. A pass that fails is split in halves and each half retried, so a
         poison job ends up failing alone; out of memory also lowers the size that fits."""
@@ -425,8 +442,8 @@ class Runtime:
                 else:
                     log.warning("a pass of %d %s jobs failed (%s); splitting it", len(chunk),
                                 chunk[0].kind, _describe(exc))
-                self._run_pass(owner, key, chunk[:half], projects, pending, report)
-                self._run_pass(owner, key, chunk[half:], projects, pending, report)
+                self._run_pass(owner, key, chunk[:half], projects, report)
+                self._run_pass(owner, key, chunk[half:], projects, report)
                 return
             self._record(owner, [JobResult(chunk[0].id, error=_describe(exc),
                                            retryable=is_transient(exc))], report)
@@ -438,33 +455,8 @@ class Runtime:
         done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
         if not done:
             return
-        pending.append(([j for j, _ in done], self._submit_uploads(done, projects), share, steady))
-
-    def _submit_uploads(self, done: list[tuple[ClaimedJob, Any]], projects: dict[str, str]
-                        ) -> list[Future[list[Any]]]:
-        """Hand a pass's outputs to the upload threads, to encode and store while the next pass
-        computes: in groups of jobs that take about UPLOAD_TASK_S each, as measured. A hand-over
-        costs the worker more than writing a small file to a folder (64 of them took 1.9 ms in
-        one thread, 9 ms through eight), while an image to encode or an object to send to a
-        bucket is a task of its own, in parallel with the others."""
-        per_job = self._upload_s
-        size = 1 if per_job <= 0 else max(1, min(len(done), int(UPLOAD_TASK_S / per_job)))
-        return [self.uploads.submit(self._upload_group, [(projects[j.batch_id], j, arts)
-                                                         for j, arts in done[i : i + size]])
-                for i in range(0, len(done), size)]
-
-    def _upload_group(self, jobs: list[tuple[str, ClaimedJob, list[Artifact]]]) -> list[Any]:
-        """Each job's output records, or the error that failed that job (only that job)."""
-        t = time.perf_counter()
-        made: list[Any] = []
-        for project, job, arts in jobs:
-            try:
-                made.append([self._upload(project, job, art) for art in arts])
-            except Exception as exc:  # noqa: BLE001 - one job's upload failing fails that job only
-                made.append(exc)
-        per_job = (time.perf_counter() - t) / len(jobs)
-        self._upload_s = per_job if self._upload_s <= 0 else 0.8 * self._upload_s + 0.2 * per_job
-        return made
+        self._in_flight.append(self.outputs.submit(
+            [(projects[j.batch_id], j, arts) for j, arts in done], share, steady))
 
     def _context(self, owner: str, job: ClaimedJob, project: str) -> JobContext:
         """What a family may know and do about one job (long jobs store partial work)."""
@@ -488,33 +480,45 @@ class Runtime:
             except Exception:  # noqa: BLE001 - the reconciler publishes them instead
                 log.warning("could not republish %d handed-back jobs", len(mine), exc_info=True)
 
-    def _upload(self, project: str, job: ClaimedJob, art: Artifact) -> OutputRecord:
-        data = art.encode()
-        key = self.storage.job_key(project, job.batch_id, job.id, art.name)
-        stored = self.storage.put(key, data, art.content_type, art.metadata)
-        return OutputRecord(art.name, stored.key, stored.sha256, stored.bytes, stored.content_type)
-
-    def _finish(self, owner: str, chunk: list[ClaimedJob], futures: list[Future[list[Any]]],
-                share: float, steady: bool, report: UnitReport, last: bool = False) -> None:
+    def _finish(self, owner: str, report: UnitReport, last: bool = False) -> None:
+        """The oldest pass in flight: its outcomes, once stored, join the next record."""
         t = time.perf_counter()
-        outcomes: list[Any] = []
-        for group in futures:
-            outcomes += group.result()
-        results = []
-        for job, made in zip(chunk, outcomes, strict=True):
-            if isinstance(made, Exception):
-                results.append(JobResult(job.id, error=_describe(made),
-                                         retryable=is_transient(made), device_seconds=share))
-            else:
-                results.append(JobResult(job.id, made, share))
+        made = self._in_flight[0].made()  # popped once stored: a unit ending meanwhile settles it
+        flight = self._in_flight.pop(0)
+        self._collect(flight.jobs, made, flight.share, flight.steady)
         report.lap("uploads", t)  # what the pass did not hide of encoding and uploading
-        if not self._unrecorded:
-            self._ready_at = time.perf_counter()
-        self._unrecorded.extend(results)
-        self._throughput.extend(self._throughput_of(chunk, share, steady))
         if not last and (len(self._unrecorded) >= RECORD_JOBS
                          or time.perf_counter() - self._ready_at >= RECORD_S):
             self._flush(owner, report)
+
+    def _settle(self, report: UnitReport) -> None:
+        """The unit ends early: each pass in flight keeps what it stored (those jobs succeed),
+        the jobs whose uploads never started are left to the unit's ending (its time limit
+        retries them)."""
+        t = time.perf_counter()
+        while self._in_flight:
+            flight = self._in_flight.pop(0)
+            kept = [(j, m) for j, m in zip(flight.jobs, flight.settle(), strict=True)
+                    if m is not None]
+            if kept:
+                self._collect([j for j, _ in kept], [m for _, m in kept], flight.share,
+                              flight.steady)
+        report.lap("uploads", t)
+
+    def _collect(self, jobs: list[ClaimedJob], made: list[Made], share: float,
+                 steady: bool) -> None:
+        """A pass's outcomes into the next record, with the pass itself (for estimates)."""
+        results = []
+        for job, outcome in zip(jobs, made, strict=True):
+            if isinstance(outcome, Exception):
+                results.append(JobResult(job.id, error=_describe(outcome),
+                                         retryable=is_transient(outcome), device_seconds=share))
+            else:
+                results.append(JobResult(job.id, outcome, share))
+        if not self._unrecorded:
+            self._ready_at = time.perf_counter()
+        self._unrecorded.extend(results)
+        self._throughput.extend(self._throughput_of(jobs, share, steady))
 
     def _throughput_of(self, chunk: list[ClaimedJob], share: float, steady: bool
                        ) -> list[tuple[str, str, int, float, float]]:
@@ -541,7 +545,13 @@ class Runtime:
             return False
         results, self._unrecorded = self._unrecorded, []
         passes, self._throughput = self._throughput, []
-        self._record(owner, results, report, passes, end_pulse=end_pulse)
+        try:
+            self._record(owner, results, report, passes, end_pulse=end_pulse)
+        except BaseException:
+            # not recorded (a time limit may end it in the middle): kept for the unit's ending
+            # to record, which a record that did commit leaves with nothing to do
+            self._unrecorded, self._throughput = results + self._unrecorded, passes
+            raise
         return end_pulse
 
     def _record(self, owner: str, results: list[JobResult], report: UnitReport,
@@ -549,13 +559,30 @@ class Runtime:
                 end_pulse: bool = False) -> None:
         """Record outcomes, and the ``passes`` (batch key, device, jobs, units, seconds) they
         came from, for estimates: one transaction, which with ``end_pulse`` also ends the
-        unit's pulse (its last record: nothing of it is left running)."""
+        unit's pulse (its last record: nothing of it is left running).
+
+        A transient database error (a deadlock's victim, a dropped connection, a failover) is
+        met by trying again, RECORD_TRIES times in all, after 0.25, 0.5, 1... s: the outcomes
+        would otherwise be lost to a rerun. Again is safe: only jobs this unit still holds are
+        recorded, so an attempt that committed unseen leaves the next nothing to do (its passes
+        are not recorded again: estimates lose them rather than count them twice)."""
         t = time.perf_counter()
-        with self.sessions.begin() as session:
-            if end_pulse:  # the pulse row before the jobs, as the heartbeat takes them: the
-                pulse_end(session, owner)  # other order can deadlock with it
-            ok, failed, requeued = lifecycle.record(session, owner, results)
-            record_passes(session, passes)
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                with self.sessions.begin() as session:
+                    if end_pulse:  # the pulse row before the jobs, as the heartbeat takes
+                        pulse_end(session, owner)  # them: the other order can deadlock with it
+                    ok, failed, requeued = lifecycle.record(session, owner, results)
+                    record_passes(session, passes if attempt == 1 else ())
+                break
+            except (DBAPIError, PoolTimeout) as exc:
+                if attempt == RECORD_TRIES or not is_transient_db(exc):
+                    raise
+                wait = 0.25 * 2 ** (attempt - 1)
+                log.warning("recording %d outcomes of %s failed (attempt %d of %d), trying again "
+                            "in %.2f s: %s", len(results), owner, attempt, RECORD_TRIES, wait,
+                            _describe(exc).splitlines()[0])
+                time.sleep(wait)
         report.lap("record", t)
         report.succeeded += len(ok)
         report.failed += len(failed)
