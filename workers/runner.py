@@ -1,5 +1,8 @@
 """Running one work unit: claim, fill, forward passes, overlapped encode/upload, bulk record.
 
+A pass's outputs are stored on threads by workers/outputs.py while the next pass computes; its
+outcomes are recorded, a few passes to a transaction, by workers/recording.py.
+
 Importing this module does not import torch; pipelines do, inside the worker process.
 """
 
@@ -13,12 +16,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
@@ -27,7 +29,6 @@ from jobs.batches import done_batches, finalize_if_done
 from jobs.catalog import Catalog, load_catalog
 from jobs.db import make_engine, session_factory
 from jobs.errors import GenfarmError, PipelineError
-from jobs.estimates import record_passes
 from jobs.lifecycle import ClaimedJob, JobResult
 from jobs.models import Batch, Job
 from jobs.pulse import pulse, pulse_end, pulse_start
@@ -40,15 +41,13 @@ from storage.errors import StorageUnavailable
 from workers.family import Family, JobContext, JobFailed
 from workers.outputs import InFlight, Made, OutputWriter
 from workers.passes import PassSizes
+from workers.recording import Pass, Recorder, UnitReport
 
 log = logging.getLogger("genfarm.worker")
 IDLE_S = 2.0  # a worker without a pass for this long has gone idle (for throughput figures)
 
-RECORD_JOBS = 64  # finished passes' outcomes are recorded together, up to this many jobs ...
-RECORD_S = 0.25  # ... or this long after the first of them was ready: one transaction for many
 HELD_CHECK_S = 0.5  # how often, at most, a unit asks which of its jobs were cancelled meanwhile
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
-RECORD_TRIES = 5  # a record that meets a transient database error is tried this often in all
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -67,41 +66,12 @@ def is_transient(exc: BaseException) -> bool:
     return is_oom(exc)
 
 
-def is_transient_db(exc: BaseException) -> bool:
-    """A database error that another attempt on another connection may not meet: the server's
-    (a deadlock, a serialization failure, a shutdown), a lost connection, a full pool."""
-    return (isinstance(exc, (OperationalError, PoolTimeout))
-            or (isinstance(exc, DBAPIError) and exc.connection_invalidated))
-
-
 def pick_device(settings: Settings) -> str:
     if settings.device:
         return settings.device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class UnitReport:
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    requeued: int = 0
-    skipped: int = 0
-    batches_finished: list[str] = field(default_factory=list)
-    # milliseconds per phase, for the unit's log line (where a unit's time beyond its passes
-    # goes): claim, fill, run, finalize, release; within run: passes, uploads, record
-    ms: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def lap(self, phase: str, since: float) -> float:
-        """Add the time since ``since`` (perf_counter) to ``phase``; returns now."""
-        now = time.perf_counter()
-        self.ms[phase] = round(self.ms.get(phase, 0.0) + (now - since) * 1000, 1)
-        return now
 
 
 class Runtime:
@@ -120,7 +90,6 @@ class Runtime:
         self.draining = draining
         self.publish = publish
         self.fits: dict[str, int] = {}  # batch key -> largest pass known to fit in memory
-        self._attempts: dict[str, tuple[int, int]] = {}  # this unit's jobs: (attempt, most)
         self._passes: PassSizes | None = None  # made on first use: it needs the device
         self.engine = make_engine(settings.resolved_database_url())
         self.sessions = session_factory(self.engine)
@@ -135,9 +104,7 @@ class Runtime:
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
         self.warm: set[str] = set()  # batch keys that have had a pass in this process
         self._last_pass: float | None = None  # when the last forward pass ended
-        self._unrecorded: list[JobResult] = []  # finished passes' outcomes, recorded together
-        self._throughput: list[tuple[str, str, int, float, float]] = []  # ... with their passes
-        self._ready_at = 0.0  # when the first of them was ready
+        self.recorder = Recorder(self.sessions, self.storage)
         self._in_flight: list[InFlight] = []  # passes whose outputs are being stored
 
     @property
@@ -222,7 +189,7 @@ class Runtime:
                 return report
             t = report.lap("gather", t)
         report.claimed = len(claimed)
-        self._attempts = {c.id: (c.attempt, c.max_attempts) for c in claimed}
+        self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         asked = set(job_ids)
         report.skipped = len(asked) - sum(c.id in asked for c in claimed)
         if not claimed:
@@ -248,7 +215,8 @@ class Runtime:
             if not ended:  # nothing was left to record
                 self._end_pulse(owner)
             # nothing of this unit joins the next one's record
-            self._unrecorded, self._throughput, self._in_flight = [], [], []
+            self.recorder.start({})
+            self._in_flight = []
         t = report.lap("run", t)
         self._after_unit({c.batch_id for c in claimed}, report)
         report.lap("finalize", t)
@@ -300,12 +268,12 @@ class Runtime:
         """The unit's time limit: every job it still holds (whatever phase it was in, jobs its
         gather claimed too) is recorded as failed, retryable, and its pulse ends. Outcomes not
         yet recorded (a record the limit cut short) are recorded first, as they came."""
-        self._flush(owner, report)
+        self.recorder.flush(owner, report)
         with self.sessions() as session:
             held = list(session.scalars(select(Job.id).where(
                 Job.lease_owner == owner, Job.status == JobStatus.RUNNING)))
         log.warning("unit time limit: %d jobs left, each will retry", len(held))
-        self._record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
+        self.recorder.record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
                              for j in held], report, end_pulse=True)
 
     def _heartbeat(self, owner: str, stop: threading.Event) -> None:
@@ -345,10 +313,10 @@ class Runtime:
             # go back to the queue (settled: uploads started finish, the others never start),
             # and what finished is recorded now, nothing left for the next unit's claim
             self._settle(report)
-            self._flush(owner, report)
+            self.recorder.flush(owner, report)
             raise
         # the unit's last record ends its pulse too: one transaction, not two
-        return self._flush(owner, report, end_pulse=True)
+        return self.recorder.flush(owner, report, end_pulse=True)
 
     def _run_keys(self, owner: str, by_key: dict[str, list[ClaimedJob]],
                   projects: dict[str, str], report: UnitReport) -> None:
@@ -416,7 +384,7 @@ class Runtime:
             raise
         except Exception as exc:  # noqa: BLE001 - the model, not its jobs: they go back, retried
             log.error("model %s cannot run on this worker: %s", model, _describe(exc))
-            self._record(owner, [JobResult(j.id, error=f"model {model} cannot run on this "
+            self.recorder.record(owner, [JobResult(j.id, error=f"model {model} cannot run on this "
                                            f"worker: {_describe(exc)}", retryable=True)
                                  for j in chunk], report)
             return
@@ -445,12 +413,12 @@ class Runtime:
                 self._run_pass(owner, key, chunk[:half], projects, report)
                 self._run_pass(owner, key, chunk[half:], projects, report)
                 return
-            self._record(owner, [JobResult(chunk[0].id, error=_describe(exc),
+            self.recorder.record(owner, [JobResult(chunk[0].id, error=_describe(exc),
                                            retryable=is_transient(exc))], report)
             return
         failed = [(j, r) for j, r in zip(chunk, results, strict=True) if isinstance(r, JobFailed)]
         if failed:
-            self._record(owner, [JobResult(j.id, error=str(e), retryable=e.retryable,
+            self.recorder.record(owner, [JobResult(j.id, error=str(e), retryable=e.retryable,
                                            device_seconds=share) for j, e in failed], report)
         done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
         if not done:
@@ -487,9 +455,8 @@ class Runtime:
         flight = self._in_flight.pop(0)
         self._collect(flight.jobs, made, flight.share, flight.steady)
         report.lap("uploads", t)  # what the pass did not hide of encoding and uploading
-        if not last and (len(self._unrecorded) >= RECORD_JOBS
-                         or time.perf_counter() - self._ready_at >= RECORD_S):
-            self._flush(owner, report)
+        if not last and self.recorder.due():
+            self.recorder.flush(owner, report)
 
     def _settle(self, report: UnitReport) -> None:
         """The unit ends early: each pass in flight keeps what it stored (those jobs succeed),
@@ -515,13 +482,9 @@ class Runtime:
                                          retryable=is_transient(outcome), device_seconds=share))
             else:
                 results.append(JobResult(job.id, outcome, share))
-        if not self._unrecorded:
-            self._ready_at = time.perf_counter()
-        self._unrecorded.extend(results)
-        self._throughput.extend(self._throughput_of(jobs, share, steady))
+        self.recorder.add(results, self._throughput_of(jobs, share, steady))
 
-    def _throughput_of(self, chunk: list[ClaimedJob], share: float, steady: bool
-                       ) -> list[tuple[str, str, int, float, float]]:
+    def _throughput_of(self, chunk: list[ClaimedJob], share: float, steady: bool) -> list[Pass]:
         """The pass of ``chunk`` for estimates, (batch key, device, jobs, units, seconds), or
         nothing for a pass that is no guide to the next jobs' cost."""
         first = chunk[0]
@@ -537,88 +500,6 @@ class Runtime:
         cost = spec.cost if spec is not None else default_cost
         units = sum(cost(j.kind, j.params) for j in chunk)
         return [(first.batch_key, device, len(chunk), units, share * len(chunk))]
-
-    def _flush(self, owner: str, report: UnitReport, end_pulse: bool = False) -> bool:
-        """Record the finished passes not yet recorded, in one transaction (with ``end_pulse``,
-        the unit's last: it ends the unit's pulse too). True when it ended the pulse."""
-        if not self._unrecorded:
-            return False
-        results, self._unrecorded = self._unrecorded, []
-        passes, self._throughput = self._throughput, []
-        try:
-            self._record(owner, results, report, passes, end_pulse=end_pulse)
-        except BaseException:
-            # not recorded (a time limit may end it in the middle): kept for the unit's ending
-            # to record, which a record that did commit leaves with nothing to do
-            self._unrecorded, self._throughput = results + self._unrecorded, passes
-            raise
-        return end_pulse
-
-    def _record(self, owner: str, results: list[JobResult], report: UnitReport,
-                passes: Sequence[tuple[str, str, int, float, float]] = (),
-                end_pulse: bool = False) -> None:
-        """Record outcomes, and the ``passes`` (batch key, device, jobs, units, seconds) they
-        came from, for estimates: one transaction, which with ``end_pulse`` also ends the
-        unit's pulse (its last record: nothing of it is left running).
-
-        A transient database error (a deadlock's victim, a dropped connection, a failover) is
-        met by trying again, RECORD_TRIES times in all, after 0.25, 0.5, 1... s: the outcomes
-        would otherwise be lost to a rerun. Again is safe: only jobs this unit still holds are
-        recorded, so an attempt that committed unseen leaves the next nothing to do (its passes
-        are not recorded again: estimates lose them rather than count them twice)."""
-        t = time.perf_counter()
-        for attempt in range(1, RECORD_TRIES + 1):
-            try:
-                with self.sessions.begin() as session:
-                    if end_pulse:  # the pulse row before the jobs, as the heartbeat takes
-                        pulse_end(session, owner)  # them: the other order can deadlock with it
-                    ok, failed, requeued = lifecycle.record(session, owner, results)
-                    record_passes(session, passes if attempt == 1 else ())
-                break
-            except (DBAPIError, PoolTimeout) as exc:
-                if attempt == RECORD_TRIES or not is_transient_db(exc):
-                    raise
-                wait = 0.25 * 2 ** (attempt - 1)
-                log.warning("recording %d outcomes of %s failed (attempt %d of %d), trying again "
-                            "in %.2f s: %s", len(results), owner, attempt, RECORD_TRIES, wait,
-                            _describe(exc).splitlines()[0])
-                time.sleep(wait)
-        report.lap("record", t)
-        report.succeeded += len(ok)
-        report.failed += len(failed)
-        report.requeued += len(requeued)
-        self._log_failures(results, failed, requeued)
-        unrecorded = [r for r in results if r.outputs and r.job_id not in ok]
-        if unrecorded:
-            self._drop_cancelled_outputs(unrecorded)
-
-    def _log_failures(self, results: list[JobResult], failed: set[str],
-                      requeued: set[str]) -> None:
-        """What happened, as recorded: a job that goes back to the queue is retrying (attempt
-        n of m), one out of attempts (or with a permanent error) failed."""
-        for r in results:
-            attempt, most = self._attempts.get(r.job_id, (0, 0))
-            if r.job_id in requeued:
-                log.warning("job %s: attempt %d of %d failed, retrying: %s", r.job_id, attempt,
-                            most, r.error)
-            elif r.job_id in failed:
-                why = "no attempts left" if attempt >= most else "not retryable"
-                log.warning("job %s failed on attempt %d of %d (%s): %s", r.job_id, attempt,
-                            most, why, r.error)
-
-    def _drop_cancelled_outputs(self, results: list[JobResult]) -> None:
-        """Objects uploaded for jobs cancelled meanwhile would be orphans: delete them. (Jobs
-        lost to an expired lease keep theirs: the rerun writes the same keys.)"""
-        with self.sessions() as session:
-            cancelled = set(session.scalars(select(Job.id).where(
-                Job.id.in_([r.job_id for r in results]), Job.status == JobStatus.CANCELLED)))
-        for r in results:
-            if r.job_id in cancelled:
-                for out in r.outputs:
-                    try:
-                        self.storage.delete(out.key)
-                    except Exception:  # noqa: BLE001 - best effort; the object is unreferenced
-                        log.warning("could not delete %s", out.key, exc_info=True)
 
     def _still_held(self, owner: str, chunk: list[ClaimedJob]) -> list[ClaimedJob]:
         """The jobs of ``chunk`` this claim still owns: cancelled or lost ones are dropped here."""

@@ -22,7 +22,8 @@ from jobs.models import Job, Output, UnitPulse
 from jobs.pulse import expire_silent_units
 from jobs.settings import Settings
 from jobs.submit import WorkUnit, submit
-from workers.runner import RECORD_TRIES, Runtime
+from workers.recording import RECORD_TRIES
+from workers.runner import Runtime
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from jobs.manifest import parse_manifest
 from jobs.models import Job, UnitPulse, utcnow
 from jobs.pulse import expire_silent_units, pulse, pulse_start
 from jobs.submit import WorkUnit, submit
-from workers.runner import Runtime, UnitReport
+from workers.recording import UnitReport
+from workers.runner import Runtime
 
 
 def unit_of(runtime: Runtime, line: dict[str, Any]) -> WorkUnit:
@@ -115,7 +116,7 @@ def test_a_units_last_record_and_a_heartbeat_at_the_same_moment_both_commit(
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 60)) == 4
         pulse_start(s, owner)
-    errors = beat_meets(runtime, owner, 60, lambda: runtime._record(
+    errors = beat_meets(runtime, owner, 60, lambda: runtime.recorder.record(
         owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(), end_pulse=True))
     assert not errors, errors
     assert statuses(runtime) == {"succeeded": 4} and pulses(runtime) == 0
