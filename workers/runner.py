@@ -195,7 +195,8 @@ class Runtime:
         if not claimed:
             return report
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(owner, [c.id for c in claimed], stop),
+                                daemon=True)
         beat.start()
         # whether the unit's pulse has ended, or is left to fall silent: a unit that an error
         # ended (a record that failed for good) leaves it, so that the reconciler hands back
@@ -276,10 +277,10 @@ class Runtime:
         self.recorder.record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
                              for j in held], report, end_pulse=True)
 
-    def _heartbeat(self, owner: str, stop: threading.Event) -> None:
+    def _heartbeat(self, owner: str, job_ids: list[str], stop: threading.Event) -> None:
         """The unit's pulse every GENFARM_PULSE_SECONDS (one row: a silent unit's jobs go back
-        to the queue within seconds), and its jobs' leases extended every third of a lease
-        (the backstop, a write per job)."""
+        to the queue within seconds), and the leases of its jobs not yet recorded extended
+        every third of a lease (the backstop, a write per job)."""
         s = self.settings
         extend_every = max(0.5, s.lease_seconds / 3)
         extended = time.monotonic()
@@ -288,7 +289,7 @@ class Runtime:
                 with self.sessions.begin() as session:
                     pulse(session, owner)
                     if time.monotonic() - extended >= extend_every:
-                        lifecycle.heartbeat(session, owner, s.lease_seconds)
+                        lifecycle.heartbeat(session, owner, job_ids, s.lease_seconds)
                         extended = time.monotonic()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed for %s", owner, exc_info=True)

@@ -71,8 +71,9 @@ def test_prepared_claims_and_records_read_what_they_take(pg_url: str, planning: 
     values (a generic plan), which for a claim sorted every queued job. And statistics taken
     while the farm sat idle (nothing queued, nothing running) must not make a status the way
     in: a claim's update then read every queued job for each one it moved (40 ms a claim of
-    3,000), a record every running job. On such statistics, with 20 units running elsewhere,
-    planned once for any values or for each run's own, claims and records read what they move."""
+    3,000), a record or a heartbeat every running job. On such statistics, with 20 units
+    running elsewhere, planned once for any values or for each run's own, claims, heartbeats
+    and records read what they move."""
     upgrade(pg_url)
     engine = make_engine(pg_url)
     sessions = session_factory(engine)
@@ -115,13 +116,16 @@ def test_prepared_claims_and_records_read_what_they_take(pg_url: str, planning: 
                 more = lifecycle.claim(s, [u for unit in units[-3:-1] for u in unit.job_ids],
                                        f"probe-{i}", 60)
                 assert len(taken) == LIMIT + 16 and (len(more) == 2 * LIMIT) == (i == 0)
+                held = [j.id for j in taken + more]
+                assert lifecycle.heartbeat(s, f"probe-{i}", held, 60) == len(held)
                 lifecycle.record(s, f"probe-{i}", [
                     lifecycle.JobResult(j.id, [], device_seconds=0.1 * n)
                     for n, j in enumerate(taken + more)])
                 s.commit()
     last = {plan["Query Text"]: plan for plan in plans}  # each statement's last run
-    moves = [p for text, p in last.items() if text.lstrip().startswith(("WITH pick", "WITH moved"))]
-    assert len(moves) == 4, list(last)  # claim_next, fill, claim (ids), record
+    moves = [p for text, p in last.items() if text.lstrip().startswith(
+        ("WITH pick", "WITH moved", "UPDATE jobs SET lease_expires_at"))]
+    assert len(moves) == 5, list(last)  # claim_next, fill, claim (ids), heartbeat, record
     for plan in moves:
         every = nodes(plan["Plan"])
         assert not [n for n in every if "Sort" in n["Node Type"]], json.dumps(plan)[:3000]

@@ -100,7 +100,7 @@ def test_expired_leases_go_back_to_the_queue(sessions) -> None:  # type: ignore[
     assert back == set(ids2) and dead == set(ids)
     with sessions.begin() as s:  # the lost worker's late write is refused
         assert lifecycle.record(s, "lost-worker", [JobResult(ids2[0])])[0] == set()
-        assert lifecycle.heartbeat(s, "lost-worker", 60) == 0
+        assert lifecycle.heartbeat(s, "lost-worker", ids + ids2, 60) == 0
 
 
 def test_progress_is_recorded_by_the_lease_holder_only(sessions) -> None:  # type: ignore[no-untyped-def]

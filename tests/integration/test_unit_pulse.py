@@ -78,8 +78,8 @@ def test_a_unit_takes_three_transactions(runtime: Runtime, jobs: int) -> None:
     assert len(commits) == 3 + 1, report.ms
 
 
-def beat_meets(runtime: Runtime, owner: str, lease_s: float, other: Callable[[], Any]
-               ) -> list[BaseException]:
+def beat_meets(runtime: Runtime, owner: str, job_ids: list[str], lease_s: float,
+               other: Callable[[], Any]) -> list[BaseException]:
     """A heartbeat of ``owner``'s unit, between its two writes (the pulse row written, the jobs'
     leases not yet), while ``other`` runs in a thread and waits on one of its rows; then the
     beat extends the leases and commits. Returns what ``other`` raised."""
@@ -98,7 +98,7 @@ def beat_meets(runtime: Runtime, owner: str, lease_s: float, other: Callable[[],
     thread.start()
     time.sleep(0.5)  # ``other`` is waiting on one of the beat's rows by now
     try:
-        assert lifecycle.heartbeat(beat, owner, lease_s) == 4
+        assert lifecycle.heartbeat(beat, owner, job_ids, lease_s) == 4
         beat.commit()
     finally:
         beat.close()
@@ -116,7 +116,7 @@ def test_a_units_last_record_and_a_heartbeat_at_the_same_moment_both_commit(
     with runtime.sessions.begin() as s:
         assert len(lifecycle.claim(s, unit.job_ids, owner, 60)) == 4
         pulse_start(s, owner)
-    errors = beat_meets(runtime, owner, 60, lambda: runtime.recorder.record(
+    errors = beat_meets(runtime, owner, unit.job_ids, 60, lambda: runtime.recorder.record(
         owner, [lifecycle.JobResult(j) for j in unit.job_ids], UnitReport(), end_pulse=True))
     assert not errors, errors
     assert statuses(runtime) == {"succeeded": 4} and pulses(runtime) == 0
@@ -139,6 +139,6 @@ def test_a_silent_units_expiry_and_its_late_heartbeat_at_the_same_moment_both_co
         with runtime.sessions.begin() as s:
             ended.append(expire_silent_units(s, 8.0))
 
-    errors = beat_meets(runtime, owner, 120, reconcile)
+    errors = beat_meets(runtime, owner, unit.job_ids, 120, reconcile)
     assert not errors, errors
     assert ended == [0] and statuses(runtime) == {"running": 4} and pulses(runtime) == 1
