@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import lifecycle
-from jobs.batches import finalize_if_done, open_batches
+from jobs.batches import done_batches, finalize_if_done, open_batches
 from jobs.db import make_engine, session_factory
 from jobs.pulse import expire_silent_units
 from jobs.settings import Settings
@@ -52,8 +52,8 @@ class Reconciler:
         report.published = publish_due(
             self.sessions, self.publish, unit_size=self.settings.unit_size,
             republish_after_s=self.settings.republish_after_seconds)
-        with self.sessions() as session:
-            batch_ids = open_batches(session)
+        with self.sessions() as session:  # which open batches are done: one connection, not
+            batch_ids = done_batches(session, open_batches(session))  # a checkout each
         for batch_id in batch_ids:
             if finalize_if_done(self.sessions, self.storage, batch_id):
                 report.finalized += 1
