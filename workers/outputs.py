@@ -5,9 +5,10 @@ hand-over costs the worker more than writing a small file to a folder (64 of the
 one thread, 9 ms through eight), while an image to encode or an object to send to a bucket is a
 task of its own, in parallel with the others. One job's failing upload fails that job alone.
 
-A unit that ends early (its time limit) settles what it has in flight: groups not started are
-cancelled and those started are waited for, so that none of its writes lands after its jobs
-have gone back to the queue, over the object a rerun stored and recorded.
+A unit that ends early (its time limit, raised wherever the pass thread is) settles what it
+handed over: groups not started never start, those started are waited for (a hung upload, to
+the hard limit that ends the process), so that none of its writes lands after its jobs have
+gone back to the queue, over the object a rerun stored and recorded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs.lifecycle import ClaimedJob, OutputRecord
 from storage.base import Storage
@@ -35,23 +36,23 @@ class InFlight:
     number of jobs it holds, in the order of ``jobs``)."""
 
     jobs: list[ClaimedJob]
-    groups: list[tuple[Future[list[Made]], int]]
     share: float  # the pass's device seconds per job
     steady: bool  # the pass ran at the worker's steady pace (a guide to estimates)
+    groups: list[tuple[Future[list[Made | None]], int]] = field(default_factory=list)
 
-    def made(self) -> list[Made]:
+    def made(self) -> list[Made | None]:
         """Each job's outcome, in order, once the threads have stored them all."""
         return [m for group, _ in self.groups for m in group.result()]
 
     def settle(self) -> list[Made | None]:
-        """Each job's outcome, ending early: groups not yet started are cancelled (None for
-        each of their jobs, of which nothing was written), the others are waited for."""
+        """Each job's outcome, ending early (after ``OutputWriter.settle``): None for a job of
+        which nothing was written (its group cancelled, or never handed over)."""
         for group, _ in self.groups:
             group.cancel()
         outcomes: list[Made | None] = []
         for group, jobs in self.groups:
             outcomes += [None] * jobs if group.cancelled() else group.result()
-        return outcomes
+        return outcomes + [None] * (len(self.jobs) - len(outcomes))
 
 
 class OutputWriter:
@@ -62,6 +63,9 @@ class OutputWriter:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="upload")
         self._lock = threading.Lock()  # the threads measure, the pass thread reads
         self._per_job_s = 0.0
+        self._idle = threading.Condition(self._lock)
+        self._epoch = 0  # groups handed over before the last settle do not start
+        self._running = 0  # groups storing now
 
     @property
     def per_job_s(self) -> float:
@@ -74,27 +78,44 @@ class OutputWriter:
         with self._lock:
             self._per_job_s = seconds
 
-    def submit(self, jobs: list[ToStore], share: float, steady: bool) -> InFlight:
-        """Hand a pass's outputs to the threads, grouped by what a job's upload costs."""
+    def submit(self, flight: InFlight, jobs: list[ToStore]) -> None:
+        """Hand a pass's outputs (its jobs, in ``flight``'s order) to the threads, grouped by
+        what a job's upload costs; each group joins ``flight`` as it is handed over."""
         per_job = self.per_job_s
         size = 1 if per_job <= 0 else max(1, min(len(jobs), int(UPLOAD_TASK_S / per_job)))
-        groups = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        return InFlight([job for _, job, _ in jobs],
-                        [(self.pool.submit(self._store_group, g), len(g)) for g in groups],
-                        share, steady)
+        epoch = self._epoch
+        for i in range(0, len(jobs), size):
+            group = jobs[i : i + size]
+            flight.groups.append((self.pool.submit(self._store_group, epoch, group), len(group)))
+
+    def settle(self) -> None:
+        """From now on, no write of what was handed over so far: groups not started never start
+        (each job None), those storing are waited for."""
+        with self._idle:
+            self._epoch += 1
+            self._idle.wait_for(lambda: self._running == 0)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def _store_group(self, jobs: list[ToStore]) -> list[Made]:
-        t = time.perf_counter()
-        made: list[Made] = []
-        for project, job, arts in jobs:
-            try:
-                made.append([self._store(project, job, art) for art in arts])
-            except Exception as exc:  # noqa: BLE001 - one job's upload failing fails that job only
-                made.append(exc)
-        per_job = (time.perf_counter() - t) / len(jobs)
+    def _store_group(self, epoch: int, jobs: list[ToStore]) -> list[Made | None]:
+        with self._idle:
+            if epoch != self._epoch:  # settled before it started
+                return [None] * len(jobs)
+            self._running += 1
+        try:
+            t = time.perf_counter()
+            made: list[Made | None] = []
+            for project, job, arts in jobs:
+                try:
+                    made.append([self._store(project, job, art) for art in arts])
+                except Exception as exc:  # noqa: BLE001 - a failing upload fails its job only
+                    made.append(exc)
+            per_job = (time.perf_counter() - t) / len(jobs)
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
         with self._lock:
             old = self._per_job_s
             self._per_job_s = per_job if old <= 0 else 0.8 * old + 0.2 * per_job

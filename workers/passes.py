@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.models import PassSize, utcnow
+from workers.limits import reraise_time_limit
 
 log = logging.getLogger("genfarm.passes")
 
@@ -131,7 +132,8 @@ class PassSizes:
             try:
                 with self.sessions() as session:
                     row = session.get(PassSize, self._name(batch_key))
-            except Exception:  # noqa: BLE001 - measured here instead
+            except Exception as exc:  # noqa: BLE001 - measured here instead
+                reraise_time_limit(exc)
                 log.warning("could not read the pass size of %s", batch_key, exc_info=True)
                 row = None
             if row is not None:
@@ -145,5 +147,6 @@ class PassSizes:
             with self.sessions.begin() as session:
                 session.merge(PassSize(key=self._name(batch_key), best=k.best, rates=rates,
                                        updated_at=utcnow()))
-        except Exception:  # noqa: BLE001 - kept here; another worker measures its own
+        except Exception as exc:  # noqa: BLE001 - kept here; another worker measures its own
+            reraise_time_limit(exc)
             log.warning("could not store the pass size of %s", batch_key, exc_info=True)

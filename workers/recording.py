@@ -26,12 +26,13 @@ from jobs.models import Job
 from jobs.pulse import pulse_end
 from jobs.states import JobStatus
 from storage.base import Storage
+from workers.limits import reraise_time_limit
 
 log = logging.getLogger("genfarm.worker")
 
 RECORD_JOBS = 64  # finished passes' outcomes are recorded together, up to this many jobs ...
 RECORD_S = 0.25  # ... or this long after the first of them was ready: one transaction for many
-RECORD_TRIES = 5  # a record that meets a transient database error is tried this often in all
+RECORD_WAITS = (0.25, 0.5, 1.0, 2.0)  # between tries of a record, then 2 s each, ...
 
 Pass = tuple[str, str, int, float, float]  # (batch key, device, jobs, units, seconds)
 
@@ -68,9 +69,11 @@ def is_transient_db(exc: BaseException) -> bool:
 class Recorder:
     """The outcomes of one worker process's current unit, and how they reach the database."""
 
-    def __init__(self, sessions: sessionmaker[Session], storage: Storage) -> None:
+    def __init__(self, sessions: sessionmaker[Session], storage: Storage,
+                 retry_s: float) -> None:
         self.sessions = sessions
         self.storage = storage
+        self.retry_s = retry_s  # ... for as long as this after the first
         self.attempts: dict[str, tuple[int, int]] = {}  # the unit's jobs: (attempt, most)
         self._results: list[JobResult] = []  # finished passes' outcomes, not yet recorded
         self._passes: list[Pass] = []  # ... and those passes
@@ -97,14 +100,15 @@ class Recorder:
         the unit's pulse too). True when it ended the pulse."""
         if not self._results:
             return False
-        results, self._results = self._results, []
-        passes, self._passes = self._passes, []
+        results, passes = self._results, self._passes
         try:
+            self._results, self._passes = [], []
             self.record(owner, results, report, passes, end_pulse=end_pulse)
         except BaseException:
-            # not recorded (a time limit may end it in the middle): kept for the unit's ending
-            # to record, which a record that did commit leaves with nothing to do
-            self._results, self._passes = results + self._results, passes + self._passes
+            # not recorded (a time limit may end it anywhere): kept for the unit's ending to
+            # record, which a record that did commit leaves with nothing to do
+            if self._results is not results:
+                self._results, self._passes = results + self._results, passes + self._passes
             raise
         return end_pulse
 
@@ -114,13 +118,17 @@ class Recorder:
         which with ``end_pulse`` also ends the unit's pulse (its last record: nothing of it is
         left running).
 
-        A transient database error (a deadlock's victim, a dropped connection, a failover) is
-        met by trying again, RECORD_TRIES times in all, after 0.25, 0.5, 1... s. Again is
-        safe: only jobs this unit still holds are recorded, so an attempt that committed unseen
-        leaves the next nothing to do (its passes are not recorded again: estimates lose them
-        rather than count them twice)."""
+        A transient database error (a deadlock's victim, a connection the server ended, a
+        failover) is met by trying again, RECORD_WAITS apart, for ``retry_s`` (the pulse's grace:
+        a unit silent longer has lost its jobs to the reconciler anyway). Again is safe: only
+        jobs this unit still holds are recorded, so an attempt that committed unseen leaves the
+        next nothing to do (and its passes are not recorded again: estimates lose them rather
+        than count them twice). The unit's time limit, met in the middle, is raised as itself."""
         t = time.perf_counter()
-        for attempt in range(1, RECORD_TRIES + 1):
+        deadline = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self.sessions.begin() as session:
                     if end_pulse:  # the pulse row before the jobs, as the heartbeat takes
@@ -129,11 +137,12 @@ class Recorder:
                     record_passes(session, passes if attempt == 1 else ())
                 break
             except (DBAPIError, PoolTimeout) as exc:
-                if attempt == RECORD_TRIES or not is_transient_db(exc):
+                reraise_time_limit(exc)
+                wait = RECORD_WAITS[min(attempt, len(RECORD_WAITS)) - 1]
+                if not is_transient_db(exc) or time.monotonic() + wait > deadline:
                     raise
-                wait = 0.25 * 2 ** (attempt - 1)
-                log.warning("recording %d outcomes of %s failed (attempt %d of %d), trying again "
-                            "in %.2f s: %s", len(results), owner, attempt, RECORD_TRIES, wait,
+                log.warning("recording %d outcomes of %s failed (attempt %d), trying again in "
+                            "%.2f s: %s", len(results), owner, attempt, wait,
                             str(exc).splitlines()[0])
                 time.sleep(wait)
         report.lap("record", t)
@@ -170,5 +179,6 @@ class Recorder:
                 for out in r.outputs:
                     try:
                         self.storage.delete(out.key)
-                    except Exception:  # noqa: BLE001 - best effort; the object is unreferenced
+                    except Exception as exc:  # noqa: BLE001 - best effort: it is unreferenced
+                        reraise_time_limit(exc)
                         log.warning("could not delete %s", out.key, exc_info=True)

@@ -18,9 +18,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
@@ -39,6 +38,7 @@ from jobs.submit import Publisher, publish_jobs
 from storage import open_storage
 from storage.errors import StorageUnavailable
 from workers.family import Family, JobContext, JobFailed
+from workers.limits import reraise_time_limit, time_limit_of
 from workers.outputs import InFlight, Made, OutputWriter
 from workers.passes import PassSizes
 from workers.recording import Pass, Recorder, UnitReport
@@ -104,7 +104,7 @@ class Runtime:
         self._project_of: dict[str, str] = {}  # batch id -> project, which never changes
         self.warm: set[str] = set()  # batch keys that have had a pass in this process
         self._last_pass: float | None = None  # when the last forward pass ended
-        self.recorder = Recorder(self.sessions, self.storage)
+        self.recorder = Recorder(self.sessions, self.storage, settings.pulse_grace_seconds)
         self._in_flight: list[InFlight] = []  # passes whose outputs are being stored
 
     @property
@@ -135,7 +135,8 @@ class Runtime:
             device = self.device if spec.uses_device else "cpu"
             fam.setup(device, default_dtype(self.settings, device))
         except Exception as exc:
-            self.broken[model] = (time.monotonic(), exc)
+            if time_limit_of(exc) is None:  # the unit's limit is no fault of the model's
+                self.broken[model] = (time.monotonic(), exc)
             raise
         self.families[model] = fam
         # what setup made (torch's modules, a model's weights and layers: hundreds of thousands
@@ -181,15 +182,18 @@ class Runtime:
                 t = report.lap("fill", t)
             projects = self._projects({c.batch_id for c in claimed}, session)
         t = report.lap("claim", t)
+        self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         if claimed:
             try:
                 claimed += self._gather(owner, claimed)
-            except SoftTimeLimitExceeded:  # a slow claim left no time: what it holds retries
-                self._time_out(owner, report)
+            except Exception as exc:
+                if time_limit_of(exc) is None:
+                    raise  # its pulse, left to fall silent: the reconciler hands its jobs back
+                self._time_out(owner, report)  # a slow claim left no time: its jobs retry
                 return report
             t = report.lap("gather", t)
+            self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         report.claimed = len(claimed)
-        self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         asked = set(job_ids)
         report.skipped = len(asked) - sum(c.id in asked for c in claimed)
         if not claimed:
@@ -204,12 +208,11 @@ class Runtime:
         ended = False
         try:
             ended = self._run_claimed(owner, claimed, projects, report)
-        except SoftTimeLimitExceeded:
-            ended = True  # by the time-out's record
+        except BaseException as exc:
+            ended = True  # by the time-out's record, or left
+            if time_limit_of(exc) is None:
+                raise
             self._time_out(owner, report)
-        except BaseException:
-            ended = True
-            raise
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -309,12 +312,14 @@ class Runtime:
             by_key.setdefault(job.batch_key, []).append(job)
         try:
             self._run_keys(owner, by_key, projects, report)
-        except BaseException:
-            # whatever ends the unit (its time limit too): no write of it lands after its jobs
-            # go back to the queue (settled: uploads started finish, the others never start),
-            # and what finished is recorded now, nothing left for the next unit's claim
+        except BaseException as exc:
+            # whatever ends the unit: no write of it lands after its jobs go back to the queue
+            # (settled: uploads started finish, the others never start), and what finished is
+            # recorded: by the time-out, or here (not after a database error: it would meet
+            # it again, and the jobs go back by the reconciler)
             self._settle(report)
-            self.recorder.flush(owner, report)
+            if time_limit_of(exc) is None and not isinstance(exc, (DBAPIError, PoolTimeout)):
+                self.recorder.flush(owner, report)
             raise
         # the unit's last record ends its pulse too: one transaction, not two
         return self.recorder.flush(owner, report, end_pulse=True)
@@ -381,13 +386,11 @@ class Runtime:
         model = chunk[0].model or chunk[0].params.get("model", "")
         try:
             fam = self.family(model)
-        except SoftTimeLimitExceeded:
-            raise
         except Exception as exc:  # noqa: BLE001 - the model, not its jobs: they go back, retried
+            reraise_time_limit(exc)
             log.error("model %s cannot run on this worker: %s", model, _describe(exc))
-            self.recorder.record(owner, [JobResult(j.id, error=f"model {model} cannot run on this "
-                                           f"worker: {_describe(exc)}", retryable=True)
-                                 for j in chunk], report)
+            self.recorder.add([JobResult(j.id, error=f"model {model} cannot run on this worker: "
+                                         f"{_describe(exc)}", retryable=True) for j in chunk], [])
             return
         try:
             t0 = time.perf_counter()
@@ -399,9 +402,8 @@ class Runtime:
             share = (self._last_pass - t0) / len(chunk)
             if steady and self._measures_passes(chunk[0]):
                 self.passes.observe(key, len(chunk), self._last_pass - t0, self._largest(key))
-        except SoftTimeLimitExceeded:
-            raise
         except Exception as exc:  # noqa: BLE001 - isolated below, recorded per job in the end
+            reraise_time_limit(exc)  # (a long job's own reads of the database meet it too)
             if len(chunk) > 1:
                 half = len(chunk) // 2
                 if is_oom(exc):
@@ -414,18 +416,20 @@ class Runtime:
                 self._run_pass(owner, key, chunk[:half], projects, report)
                 self._run_pass(owner, key, chunk[half:], projects, report)
                 return
-            self.recorder.record(owner, [JobResult(chunk[0].id, error=_describe(exc),
-                                           retryable=is_transient(exc))], report)
+            self.recorder.add([JobResult(chunk[0].id, error=_describe(exc),
+                                         retryable=is_transient(exc))], [])
             return
         failed = [(j, r) for j, r in zip(chunk, results, strict=True) if isinstance(r, JobFailed)]
         if failed:
-            self.recorder.record(owner, [JobResult(j.id, error=str(e), retryable=e.retryable,
-                                           device_seconds=share) for j, e in failed], report)
+            self.recorder.add([JobResult(j.id, error=str(e), retryable=e.retryable,
+                                         device_seconds=share) for j, e in failed], [])
         done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
         if not done:
             return
-        self._in_flight.append(self.outputs.submit(
-            [(projects[j.batch_id], j, arts) for j, arts in done], share, steady))
+        # in flight before any of it is handed over: a unit ending meanwhile settles it
+        flight = InFlight([j for j, _ in done], share, steady)
+        self._in_flight.append(flight)
+        self.outputs.submit(flight, [(projects[j.batch_id], j, arts) for j, arts in done])
 
     def _context(self, owner: str, job: ClaimedJob, project: str) -> JobContext:
         """What a family may know and do about one job (long jobs store partial work)."""
@@ -452,32 +456,36 @@ class Runtime:
     def _finish(self, owner: str, report: UnitReport, last: bool = False) -> None:
         """The oldest pass in flight: its outcomes, once stored, join the next record."""
         t = time.perf_counter()
-        made = self._in_flight[0].made()  # popped once stored: a unit ending meanwhile settles it
-        flight = self._in_flight.pop(0)
-        self._collect(flight.jobs, made, flight.share, flight.steady)
+        flight = self._in_flight[0]
+        # popped once collected: a unit ending before settles it (collected twice at worst, which
+        # records the same outcomes again: never a stored output left unrecorded)
+        self._collect(flight.jobs, flight.made(), flight.share, flight.steady)
+        self._in_flight.pop(0)
         report.lap("uploads", t)  # what the pass did not hide of encoding and uploading
         if not last and self.recorder.due():
             self.recorder.flush(owner, report)
 
     def _settle(self, report: UnitReport) -> None:
-        """The unit ends early: each pass in flight keeps what it stored (those jobs succeed),
-        the jobs whose uploads never started are left to the unit's ending (its time limit
-        retries them)."""
+        """The unit ends early: nothing it handed over is written from now on; each pass in
+        flight keeps what it stored (those jobs succeed), and the jobs whose uploads never
+        started are left to the unit's ending (the time-out retries them; after an error, the
+        reconciler)."""
         t = time.perf_counter()
+        self.outputs.settle()
         while self._in_flight:
-            flight = self._in_flight.pop(0)
-            kept = [(j, m) for j, m in zip(flight.jobs, flight.settle(), strict=True)
-                    if m is not None]
-            if kept:
-                self._collect([j for j, _ in kept], [m for _, m in kept], flight.share,
-                              flight.steady)
+            flight = self._in_flight[0]
+            self._collect(flight.jobs, flight.settle(), flight.share, flight.steady)
+            self._in_flight.pop(0)
         report.lap("uploads", t)
 
-    def _collect(self, jobs: list[ClaimedJob], made: list[Made], share: float,
+    def _collect(self, jobs: list[ClaimedJob], made: list[Made | None], share: float,
                  steady: bool) -> None:
-        """A pass's outcomes into the next record, with the pass itself (for estimates)."""
+        """A pass's outcomes into the next record, with the pass itself (for estimates); a job
+        of which nothing was stored (None: a unit ending early) is left out."""
         results = []
         for job, outcome in zip(jobs, made, strict=True):
+            if outcome is None:
+                continue
             if isinstance(outcome, Exception):
                 results.append(JobResult(job.id, error=_describe(outcome),
                                          retryable=is_transient(outcome), device_seconds=share))

@@ -21,7 +21,7 @@ from jobs.lifecycle import ClaimedJob
 from jobs.manifest import parse_manifest
 from jobs.models import Job, Output
 from jobs.submit import WorkUnit, submit
-from workers.outputs import UPLOAD_TASK_S, OutputWriter
+from workers.outputs import UPLOAD_TASK_S, InFlight, OutputWriter
 from workers.runner import Runtime
 
 
@@ -43,12 +43,19 @@ def test_groups_follow_the_measured_cost_of_a_jobs_upload(runtime: Runtime) -> N
                 for j in s.scalars(select(Job))]
     pass_of_16: list[tuple[str, ClaimedJob, Any]] = [("acme", j, []) for j in jobs]
     outputs = runtime.outputs
+
+    def handovers() -> int:
+        flight = InFlight(jobs, 0.0, False)
+        outputs.submit(flight, pass_of_16)
+        assert len(flight.made()) == 16
+        return len(flight.groups)
+
     outputs.per_job_s = UPLOAD_TASK_S / 100  # a small file to a folder: one hand-over
-    assert len(outputs.submit(pass_of_16, 0.0, False).groups) == 1
+    assert handovers() == 1
     outputs.per_job_s = UPLOAD_TASK_S / 4  # four jobs a hand-over
-    assert len(outputs.submit(pass_of_16, 0.0, False).groups) == 4
+    assert handovers() == 4
     outputs.per_job_s = UPLOAD_TASK_S * 10  # an image to encode: one job each, in parallel
-    assert len(outputs.submit(pass_of_16, 0.0, False).groups) == 16
+    assert handovers() == 16
 
 
 @pytest.mark.parametrize("measured", [UPLOAD_TASK_S / 100, UPLOAD_TASK_S * 10])
@@ -84,20 +91,23 @@ def test_a_time_limit_among_uploads_leaves_no_write_behind(runtime: Runtime,
     def limit(*_: Any) -> None:
         raise SoftTimeLimitExceeded()
 
+    stop = threading.Event()
+
     def at_first_output() -> None:  # the first output stored: the others are in flight
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(
-                p.is_file() and not p.name.startswith(".tmp-") for p in out.rglob("*")):
+        while not stop.is_set():
+            if any(p.is_file() and not p.name.startswith(".tmp-") for p in out.rglob("*")):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
             time.sleep(0.0005)
-        os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, limit)
     watcher = threading.Thread(target=at_first_output)
     try:
         watcher.start()
         report = runtime.run_unit(unit.job_ids, unit.queue)
-        watcher.join()
     finally:
+        stop.set()
+        watcher.join()
         signal.signal(signal.SIGUSR1, previous)
     stored_then = stored(out)
     runtime.outputs.close()  # had any upload been left running, it would have finished now
