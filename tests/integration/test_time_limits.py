@@ -3,7 +3,9 @@ wherever it is) is the unit's, never mistaken for a fault of what it interrupted
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,28 @@ from workers.runner import Runtime
 
 @pytest.fixture
 def limit_in() -> Iterator[Any]:
-    """``limit_in(seconds)``: the unit's time limit, raised that long from now."""
+    """``limit_in(seconds)``: the unit's time limit, raised that long from now in the main
+    thread, as Celery's pool raises it (a signal's handler; SIGUSR2 here, leaving SIGALRM to
+    pytest-timeout); ``limit_in(0)`` calls it off."""
     def limit(*_: Any) -> None:
         raise SoftTimeLimitExceeded()
 
-    previous = signal.signal(signal.SIGALRM, limit)
+    timers: list[threading.Timer] = []
+
+    def arm(seconds: float) -> None:
+        for timer in timers:
+            timer.cancel()
+        timers.clear()
+        if seconds > 0:
+            timers.append(threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR2)))
+            timers[0].start()
+
+    previous = signal.signal(signal.SIGUSR2, limit)
     try:
-        yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield arm
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        arm(0)
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_a_time_limit_during_a_models_setup_is_no_fault_of_the_model(
