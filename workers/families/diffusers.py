@@ -26,6 +26,7 @@ from jobs.families.diffusers import (
 from storage.errors import StorageError, StorageUnavailable
 from storage.provenance import encode_png, s3_metadata
 from workers.family import Artifact, Family, JobContext, JobFailed, PermanentError, Result, Retry
+from workers.limits import reraise_time_limit
 
 SCHEDULERS = {  # the names jobs and the models file use -> diffusers scheduler classes
     "ddim": "DDIMScheduler",
@@ -87,6 +88,7 @@ class DiffusersFamily(Family):
             try:  # from_pipe shares the components: no second copy of the weights
                 self.pipes[op] = getattr(diffusers, auto).from_pipe(pipe)
             except Exception as exc:  # noqa: BLE001 - the model then serves no such edit
+                reraise_time_limit(exc)
                 self.unsupported[op] = (f"model {name} ({type(pipe).__name__}) has no {op} "
                                         f"pipeline: {exc}")
         for p in self.pipes.values():
@@ -248,6 +250,7 @@ def _read_image(ctx: JobContext, ref: dict[str, Any], what: str, mode: str) -> I
     except PermanentError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt source fails its own job, permanently
+        reraise_time_limit(exc)  # (the unit's time limit is no fault of the source's)
         raise PermanentError(f"{what} {key} is not a readable image: "
                              f"{type(exc).__name__}: {exc}") from exc
 

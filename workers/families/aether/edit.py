@@ -15,6 +15,7 @@ from PIL import Image
 from jobs.errors import PipelineError
 from workers.families.aether.generate import AetherBase
 from workers.family import JobContext, PermanentError, Result
+from workers.limits import reraise_time_limit
 
 # ops whose parameters decide the output shape: jobs batch together only where these match
 SHAPE_OPS = ("resize", "crop", "flip", "rotate")
@@ -128,6 +129,7 @@ class EditOps(AetherBase):
                 with Image.open(io.BytesIO(data)) as im:
                     arr = np.asarray(im.convert("RGB"))
             except Exception as exc:  # noqa: BLE001 - a corrupt source is the job's permanent error
+                reraise_time_limit(exc)  # (the unit's time limit is no fault of the source's)
                 raise PermanentError(f"source {source['key']} is not a readable image: {exc}") from exc
             return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
         params = source.get("params")
