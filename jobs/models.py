@@ -220,6 +220,17 @@ class PassSize(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class FarmTurn(Base):
+    """When a farm-wide periodic pass (``name``: the reconciler's) last ran, on any worker: every
+    worker ticks, the first one due takes the turn, so the farm runs one pass per interval
+    however many workers it has."""
+
+    __tablename__ = "farm_turns"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ran_at: Mapped[datetime] = mapped_column()
+
+
 class ApiToken(Base):
     """A project's API token; only its sha256 is stored, the token is shown once."""
 

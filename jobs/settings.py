@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A queued job gains one priority point per this many seconds "
         "it waits, so low priority is never starved: a job at -100 goes before a new one at 500 "
         "once it has waited 600 points' worth (5 h at 30 s).")
-    reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    reconcile_interval: float = Field(
+        30.0, gt=0, description="Seconds between the farm's reconciler passes (every worker "
+        "ticks this often; the first one due takes the turn).")
     pulse_seconds: float = Field(
         2.0, gt=0, le=60, description="A running unit says it is alive this often (one row "
         "update), and each worker looks this often for units that went silent.")

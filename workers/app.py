@@ -202,7 +202,7 @@ class ReconcilerStep(bootsteps.StartStopStep):
         self._announce()
         try:
             assert self.reconciler is not None
-            self.reconciler.run_once()
+            self.reconciler.run_if_due()  # one pass per interval for the whole farm
         except Exception:  # noqa: BLE001 - the next pass tries again
             log.warning("reconciler pass failed", exc_info=True)
 

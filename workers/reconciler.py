@@ -13,6 +13,7 @@ from jobs.db import make_engine, session_factory
 from jobs.pulse import expire_silent_units
 from jobs.settings import Settings
 from jobs.submit import Publisher, publish_due
+from jobs.turns import take_turn
 from storage import open_storage
 
 log = logging.getLogger("genfarm.reconciler")
@@ -40,7 +41,16 @@ class Reconciler:
         # A forked pool child must never use (or close) the parent's connections.
         os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))
 
+    def run_if_due(self) -> ReconcileReport | None:
+        """The worker's tick: a pass if it is this worker's turn (the farm's last pass, on any
+        worker, is an interval old), else None (see jobs.turns)."""
+        with self.sessions.begin() as session:
+            if not take_turn(session, "reconcile", self.settings.reconcile_interval):
+                return None
+        return self.run_once()
+
     def run_once(self) -> ReconcileReport:
+        """A pass now, whoever ran the last (`genfarm reconcile`)."""
         report = ReconcileReport()
         with self.sessions.begin() as session:
             expire_silent_units(session, self.settings.pulse_grace_seconds)
