@@ -50,6 +50,10 @@ HELD_CHECK_S = 0.5  # how often, at most, a unit asks which of its jobs were can
 SETUP_RETRY_S = 60.0  # a model that failed to set up is tried again after this long
 
 
+class UnitLost(Exception):
+    """The unit was given up for lost while it ran (see Runtime._heartbeat): it stops."""
+
+
 def is_oom(exc: BaseException) -> bool:
     """Host or device memory ran out (torch's OutOfMemoryError, by class, on any backend)."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
@@ -106,6 +110,7 @@ class Runtime:
         self._last_pass: float | None = None  # when the last forward pass ended
         self.recorder = Recorder(self.sessions, self.storage, settings.pulse_grace_seconds)
         self._in_flight: list[InFlight] = []  # passes whose outputs are being stored
+        self._lost = threading.Event()  # the unit's heartbeat found it given up for lost
 
     @property
     def device(self) -> str:
@@ -198,8 +203,9 @@ class Runtime:
         report.skipped = len(asked) - sum(c.id in asked for c in claimed)
         if not claimed:
             return report
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(owner, [c.id for c in claimed], stop),
+        stop, self._lost = threading.Event(), threading.Event()
+        beat = threading.Thread(target=self._heartbeat,
+                                args=(owner, [c.id for c in claimed], stop, self._lost),
                                 daemon=True)
         beat.start()
         # whether the unit's pulse has ended, or is left to fall silent: a unit that an error
@@ -208,6 +214,10 @@ class Runtime:
         ended = False
         try:
             ended = self._run_claimed(owner, claimed, projects, report)
+        except UnitLost:
+            ended = True  # by the reconciler
+            log.warning("unit %s was given up for lost (silent past its grace): its jobs went "
+                        "back to the queue, and it stopped", owner)
         except BaseException as exc:
             ended = True  # by the time-out's record, or left
             if time_limit_of(exc) is None:
@@ -280,22 +290,34 @@ class Runtime:
         self.recorder.record(owner, [JobResult(j, error="unit time limit exceeded", retryable=True)
                              for j in held], report, end_pulse=True)
 
-    def _heartbeat(self, owner: str, job_ids: list[str], stop: threading.Event) -> None:
+    def _heartbeat(self, owner: str, job_ids: list[str], stop: threading.Event,
+                   lost: threading.Event) -> None:
         """The unit's pulse every GENFARM_PULSE_SECONDS (one row: a silent unit's jobs go back
         to the queue within seconds), and the leases of its jobs not yet recorded extended
-        every third of a lease (the backstop, a write per job)."""
+        every third of a lease (the backstop, a write per job).
+
+        A pulse that finds its row gone was given up for lost (silent past its grace: a stall,
+        a partition): its jobs are back in the queue, and reruns will store their outputs at
+        the same keys. It sets ``lost`` and settles the upload threads at once: nothing more of
+        the unit is written (uploads already storing finish), and the unit stops before its
+        next pass."""
         s = self.settings
         extend_every = max(0.5, s.lease_seconds / 3)
         extended = time.monotonic()
         while not stop.wait(min(s.pulse_seconds, extend_every)):
             try:
                 with self.sessions.begin() as session:
-                    pulse(session, owner)
-                    if time.monotonic() - extended >= extend_every:
+                    alive = pulse(session, owner)
+                    if alive and time.monotonic() - extended >= extend_every:
                         lifecycle.heartbeat(session, owner, job_ids, s.lease_seconds)
                         extended = time.monotonic()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed for %s", owner, exc_info=True)
+                continue
+            if not alive and not stop.is_set():  # (its own last record ends it too)
+                lost.set()
+                self.outputs.settle()
+                return
 
     def _end_pulse(self, owner: str) -> None:
         try:
@@ -339,6 +361,8 @@ class Runtime:
                 if self.draining is not None and self.draining.is_set():
                     self._hand_back(owner, jobs[done - len(chunk):], report)
                     break
+                if self._lost.is_set():
+                    raise UnitLost(owner)
                 if done > len(chunk) and time.perf_counter() - checked >= HELD_CHECK_S:
                     # a boundary: drop jobs cancelled or lost since the claim (a job cancelled
                     # between two checks still runs; its outputs are dropped when recorded)
@@ -426,6 +450,8 @@ class Runtime:
         done = [(j, r) for j, r in zip(chunk, results, strict=True) if not isinstance(r, JobFailed)]
         if not done:
             return
+        if self._lost.is_set():  # its outputs are the reruns' to store
+            raise UnitLost(owner)
         # in flight before any of it is handed over: a unit ending meanwhile settles it
         flight = InFlight([j for j, _ in done], share, steady)
         self._in_flight.append(flight)

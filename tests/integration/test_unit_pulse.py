@@ -10,23 +10,26 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
 from jobs import lifecycle
 from jobs.manifest import parse_manifest
 from jobs.models import Job, UnitPulse, utcnow
 from jobs.pulse import expire_silent_units, pulse, pulse_start
+from jobs.settings import Settings
 from jobs.submit import WorkUnit, submit
 from workers.recording import UnitReport
 from workers.runner import Runtime
 
 
-def unit_of(runtime: Runtime, line: dict[str, Any]) -> WorkUnit:
+def unit_of(runtime: Runtime, line: dict[str, Any], unit_size: int = 64) -> WorkUnit:
     units: list[WorkUnit] = []
-    submit(runtime.sessions, "acme", parse_manifest(json.dumps(line)), units.extend, unit_size=64)
+    submit(runtime.sessions, "acme", parse_manifest(json.dumps(line)), units.extend,
+           unit_size=unit_size)
     assert len(units) == 1
     return units[0]
 
@@ -142,3 +145,45 @@ def test_a_silent_units_expiry_and_its_late_heartbeat_at_the_same_moment_both_co
     errors = beat_meets(runtime, owner, unit.job_ids, 120, reconcile)
     assert not errors, errors
     assert ended == [0] and statuses(runtime) == {"running": 4} and pulses(runtime) == 1
+
+
+def test_a_unit_given_up_for_lost_stops_and_writes_nothing_more(db_url: str,
+                                                               tmp_path: Path) -> None:
+    """A unit silent past its grace (a stall, a partition) is given up for lost while it still
+    runs: its jobs go back to the queue, and reruns store their outputs at the same keys. Its
+    next pulse finds its row gone: it stops before its next pass, and none of its uploads start
+    after that (one storing then finishes)."""
+    rt = Runtime(Settings(database_url=db_url, data_dir=tmp_path / "data", upload_threads=1,
+                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0,
+                          pulse_seconds=0.1))
+    out = tmp_path / "out"
+    unit = unit_of(rt, {"kind": "noop", "tag": {"range": [0, 512]},
+                        "payload_bytes": 1_048_576}, unit_size=512)
+    given_up: list[float] = []
+
+    def reconciler() -> None:  # the first output stored: the unit is given up for lost
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(out.rglob("payload.bin")):
+            time.sleep(0.001)
+        with rt.sessions.begin() as s:  # as if it had been silent for a minute
+            s.execute(update(UnitPulse).values(seen_at=utcnow() - timedelta(seconds=60)))
+            assert expire_silent_units(s, 8.0) > 0
+            lifecycle.expire_leases(s)
+        given_up.append(time.time())
+
+    thread = threading.Thread(target=reconciler)
+    try:
+        thread.start()
+        report = rt.run_unit(unit.job_ids, unit.queue)
+        thread.join(timeout=60)
+        rt.outputs.close()  # any upload of it still to come would be written by now
+        written = sorted(p.stat().st_mtime for p in out.rglob("payload.bin"))
+    finally:
+        rt.close()
+    assert given_up and pulses(rt) == 0
+    # what it recorded before (a record every 64 jobs) stays; the rest went back
+    assert statuses(rt) == {k: n for k, n in (("succeeded", report.succeeded),
+                                              ("queued", 512 - report.succeeded)) if n}
+    assert report.succeeded < 512
+    late = [t for t in written if t > given_up[0] + 1.0]  # its pulse comes every 0.1 s
+    assert not late and len(written) < 512, (len(late), len(written))
