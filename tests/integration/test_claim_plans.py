@@ -96,20 +96,8 @@ def test_prepared_claims_and_records_read_what_they_take(pg_url: str, planning: 
         for i in range(20):
             lifecycle.claim_next(s, queue, LIMIT, f"elsewhere-{i}", 60)
     plans: list[dict[str, Any]] = []
-
-    def explained(notice: Any) -> None:
-        text = notice.message_primary or ""
-        if "{" in text:
-            plans.append(json.loads(text[text.index("{"):]))
-
     with engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        driver.add_notice_handler(explained)
-        for setting in (f"SET plan_cache_mode = {planning}", "LOAD 'auto_explain'",
-                        "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
-                        "SET auto_explain.log_level = notice", "SET auto_explain.log_format = json"):
-            conn.exec_driver_sql(setting)
+        explain_into(conn, planning, plans)
         conn.commit()
         for i in range(7):  # past psycopg's prepare threshold (5)
             with Session(bind=conn) as s:
@@ -136,6 +124,23 @@ def test_prepared_claims_and_records_read_what_they_take(pg_url: str, planning: 
         # holds the versions of each row that earlier updates left for vacuum)
         assert max(r for *_, r in read) <= 2 * LIMIT, (plan["Query Text"][:80], read)
     engine.dispose()
+
+
+def explain_into(conn: Any, planning: str, plans: list[dict[str, Any]]) -> None:
+    """Every statement ``conn`` runs from now on appends its plan, as run (auto_explain's JSON,
+    with actual rows), to ``plans``; plans are made per ``planning`` (plan_cache_mode)."""
+    def explained(notice: Any) -> None:
+        text = notice.message_primary or ""
+        if "{" in text:
+            plans.append(json.loads(text[text.index("{"):]))
+
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.add_notice_handler(explained)
+    for setting in (f"SET plan_cache_mode = {planning}", "LOAD 'auto_explain'",
+                    "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
+                    "SET auto_explain.log_level = notice", "SET auto_explain.log_format = json"):
+        conn.exec_driver_sql(setting)
 
 
 def read_rows(node: dict[str, Any]) -> int:
@@ -173,22 +178,8 @@ def test_done_batch_questions_read_a_job_or_none_per_batch(pg_url: str, planning
         lifecycle.record(s, "w", [lifecycle.JobResult(j) for j in small[-1].job_ids])
         finished = s.scalar(select(Job.batch_id).where(Job.id == small[-1].job_ids[0]))
     plans: list[dict[str, Any]] = []
-
-    def explained(notice: Any) -> None:
-        text = notice.message_primary or ""
-        if "{" in text:
-            plans.append(json.loads(text[text.index("{"):]))
-
     with engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        driver.add_notice_handler(explained)
-        for setting in (f"SET plan_cache_mode = {planning}", "LOAD 'auto_explain'",
-                        "SET auto_explain.log_min_duration = 0",
-                        "SET auto_explain.log_analyze = on",
-                        "SET auto_explain.log_level = notice",
-                        "SET auto_explain.log_format = json"):
-            conn.exec_driver_sql(setting)
+        explain_into(conn, planning, plans)
         conn.commit()
         with Session(bind=conn) as s:
             ids = open_batches(s)
