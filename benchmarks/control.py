@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select, text, update  # noqa: E402
 
 from jobs import lifecycle  # noqa: E402
-from jobs.batches import _done_stmt, done_batches, open_batches  # noqa: E402
+from jobs.batches import done_batches, open_batches  # noqa: E402
 from jobs.db import make_engine, session_factory, upgrade  # noqa: E402
 from jobs.manifest import MAX_JOBS, parse_manifest  # noqa: E402
 from jobs.models import Job, job_status_is, utcnow  # noqa: E402
@@ -134,8 +134,7 @@ def reconciler(url: str, sessions: Any, batches: int) -> dict[str, Any]:
         done = 0
         for batch_id in ids:
             with sessions() as s:
-                done += s.connection().execute(_done_stmt(), {"p_batch": batch_id}).scalar() \
-                    is not None
+                done += len(done_batches(s, [batch_id]))
         return done
 
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.errors import AmbiguousId, NotFound
@@ -213,15 +213,6 @@ def _manifest(session: Session, batch_id: str) -> tuple[bytes, dict[str, int]]:
     return ("\n".join(lines) + "\n").encode(), counts
 
 
-@functools.cache
-def _done_stmt() -> Any:
-    """The project of the batch p_batch if it is open and no job of it is left: a NOT EXISTS
-    that stops at the first job left, not a count. Built once (every finished unit asks)."""
-    batch = bindparam("p_batch", type_=String())
-    left = select(Job.id).where(Job.batch_id == batch, _left()).exists()
-    return select(Batch.project).where(Batch.id == batch, Batch.finished_at.is_(None), ~left)
-
-
 def _left() -> Any:
     """A job not finished, named by its statuses: with the batch, the index of batch and
     status leads straight to such jobs. Named by the finished ones it was a filter, and with the
@@ -231,14 +222,25 @@ def _left() -> Any:
 
 
 @functools.cache
-def _done_of_stmt(dialect: str) -> Any:
-    """Which batches of p_ids are open with no job left: one statement for them all, each
-    batch's jobs asked for one left by the index of batch and status (a scalar subquery runs per
-    batch, where an anti-join could be planned as a scan of every unfinished job)."""
+def _done_stmt(dialect: str) -> Any:
+    """Which batches of p_ids are open with no job left, with their projects: one statement for
+    them all, each batch's jobs asked for one left by the index of batch and status (a scalar
+    subquery runs per batch, where an anti-join could be planned as a scan of every unfinished
+    job). Built once (every finished unit asks)."""
     left = (select(Job.id).where(Job.batch_id == Batch.id, _left())
             .limit(1).correlate(Batch).scalar_subquery())
-    return select(Batch.id).where(one_of(Batch.id, "p_ids", dialect), Batch.finished_at.is_(None),
-                                  left.is_(None))
+    return select(Batch.id, Batch.project).where(
+        one_of(Batch.id, "p_ids", dialect), Batch.finished_at.is_(None), left.is_(None))
+
+
+def _done(session: Session, batch_ids: list[str]) -> dict[str, str]:
+    """Those of ``batch_ids`` open with every job finished: batch id -> project."""
+    conn = session.connection()
+    done: dict[str, str] = {}
+    for part in range(0, len(batch_ids), 1000):  # a parameter each on SQLite
+        rows = conn.execute(_done_stmt(conn.dialect.name), {"p_ids": batch_ids[part : part + 1000]})
+        done.update((batch, project) for batch, project in rows)
+    return done
 
 
 def done_batches(session: Session, batch_ids: Iterable[str]) -> list[str]:
@@ -247,18 +249,14 @@ def done_batches(session: Session, batch_ids: Iterable[str]) -> list[str]:
     ids = list(batch_ids)
     if not ids:
         return []
-    conn = session.connection()
-    done: set[str] = set()
-    for part in range(0, len(ids), 1000):  # a parameter each on SQLite
-        done.update(conn.execute(_done_of_stmt(conn.dialect.name),
-                                 {"p_ids": ids[part : part + 1000]}).scalars())
+    done = _done(session, ids)
     return [b for b in ids if b in done]
 
 
 def finalize_if_done(session_factory: Any, writer: ManifestWriter, batch_id: str) -> str | None:
     """If every job of the batch is finished, write its manifest and close it; returns the new status."""
     with session_factory() as session:
-        project = session.connection().execute(_done_stmt(), {"p_batch": batch_id}).scalar()
+        project = _done(session, [batch_id]).get(batch_id)
         if project is None:
             return None
         body, counts = _manifest(session, batch_id)
