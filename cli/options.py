@@ -66,9 +66,11 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             settings = Settings(**overrides)
         except ValidationError as exc:
+            # a setting's own error names it; one between settings names them in its text
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))} (GENFARM_{'_'.join(map(str, e['loc'])).upper()}): "
-                f"{e['msg']}" for e in exc.errors())
+                f"{e['msg']}" if e["loc"] else str(e["msg"]).removeprefix("Value error, ")
+                for e in exc.errors())
             raise Refused(f"bad setting {problems}") from None
         check_urls(settings)
         return func(*args, settings=settings, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -131,6 +131,16 @@ class Settings(BaseSettings):
         """A variable set to nothing (``GENFARM_MODELS_FILE=`` in an .env or compose file)
         means unset, not the current folder."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _pulses_within_grace(self) -> Settings:
+        """A unit pulses at least twice within its grace: one late beat does not lose it, and
+        its uploads (which start only within half the grace of a pulse) do not wait on each."""
+        if self.pulse_grace_seconds <= 2 * self.pulse_seconds:
+            raise ValueError(
+                f"GENFARM_PULSE_GRACE_SECONDS ({self.pulse_grace_seconds:g}) must be more than "
+                f"twice GENFARM_PULSE_SECONDS ({self.pulse_seconds:g})")
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -9,10 +9,18 @@ A unit that ends early (its time limit, raised wherever the pass thread is) sett
 handed over: groups not started never start, those started are waited for (a hung upload, to
 the hard limit that ends the process), so that none of its writes lands after its jobs have
 gone back to the queue, over the object a rerun stored and recorded.
+
+A unit that falls silent (its worker cut off from the database, or stalled) is given up for lost
+after its pulse grace, and its jobs rerun elsewhere, storing at the same keys. An upload starts
+only while the unit's pulse was confirmed within half that grace, so whatever it writes starts
+before anyone could have given the unit up: a worker cut off from the database while it still
+reaches the bucket stops writing within half the grace, instead of storing over the reruns'
+objects for as long as the partition lasts.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,14 +66,16 @@ class InFlight:
 class OutputWriter:
     """The upload threads of a worker process, and what storing one job's outputs costs here."""
 
-    def __init__(self, storage: Storage, threads: int) -> None:
+    def __init__(self, storage: Storage, threads: int, fresh_s: float) -> None:
         self.storage = storage
+        self.fresh_s = fresh_s  # an upload starts only this soon after a confirmed pulse
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="upload")
         self._lock = threading.Lock()  # the threads measure, the pass thread reads
         self._per_job_s = 0.0
         self._idle = threading.Condition(self._lock)
         self._epoch = 0  # groups handed over before the last settle do not start
         self._running = 0  # groups storing now
+        self._confirmed = -math.inf  # when the last confirmed pulse was written (monotonic)
 
     @property
     def per_job_s(self) -> float:
@@ -88,11 +98,19 @@ class OutputWriter:
             group = jobs[i : i + size]
             flight.groups.append((self.pool.submit(self._store_group, epoch, group), len(group)))
 
+    def confirm(self, at: float) -> None:
+        """The unit's pulse, written at ``at`` (``time.monotonic()`` taken before the write), has
+        committed: uploads may start until ``fresh_s`` after it."""
+        with self._idle:
+            self._confirmed = max(self._confirmed, at)
+            self._idle.notify_all()
+
     def settle(self) -> None:
         """From now on, no write of what was handed over so far: groups not started never start
         (each job None), those storing are waited for."""
         with self._idle:
             self._epoch += 1
+            self._idle.notify_all()  # groups waiting for a pulse: they never start
             self._idle.wait_for(lambda: self._running == 0)
 
     def close(self) -> None:
@@ -100,6 +118,9 @@ class OutputWriter:
 
     def _store_group(self, epoch: int, jobs: list[ToStore]) -> list[Made | None]:
         with self._idle:
+            # a pulse not confirmed lately (the database out of reach, the process stalled):
+            # wait for the next, or for the unit to learn it was given up and settle
+            self._idle.wait_for(lambda: epoch != self._epoch or self._fresh())
             if epoch != self._epoch:  # settled before it started
                 return [None] * len(jobs)
             self._running += 1
@@ -120,6 +141,9 @@ class OutputWriter:
             old = self._per_job_s
             self._per_job_s = per_job if old <= 0 else 0.8 * old + 0.2 * per_job
         return made
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._confirmed <= self.fresh_s
 
     def _store(self, project: str, job: ClaimedJob, art: Artifact) -> OutputRecord:
         data = art.encode()

@@ -100,7 +100,10 @@ class Runtime:
         self.storage = open_storage(settings.resolved_storage_url(),
                                     endpoint_url=settings.s3_endpoint_url,
                                     max_connections=settings.upload_threads + 4)
-        self.outputs = OutputWriter(self.storage, settings.upload_threads)
+        # an upload starts only within half the grace of a confirmed pulse: it begins before
+        # anyone could give the unit up for lost (see workers/outputs.py)
+        self.outputs = OutputWriter(self.storage, settings.upload_threads,
+                                    settings.pulse_grace_seconds / 2)
         self.catalog: Catalog = load_catalog(settings)
         self.families: dict[str, Family] = {}
         self.broken: dict[str, tuple[float, Exception]] = {}  # model -> (when, why) setup failed
@@ -167,6 +170,7 @@ class Runtime:
         # one transaction for the claim, its top-up and the projects: each transaction costs a
         # checkout (with its ping), a commit and the session's own work, which an idle worker's
         # one job waits for
+        began = time.monotonic()  # its pulse is written after this
         with self.sessions.begin() as session:
             if queue:
                 limit = max(len(job_ids), 1)
@@ -189,6 +193,7 @@ class Runtime:
         t = report.lap("claim", t)
         self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         if claimed:
+            self.outputs.confirm(began)
             try:
                 claimed += self._gather(owner, claimed)
             except Exception as exc:
@@ -296,15 +301,17 @@ class Runtime:
         to the queue within seconds), and the leases of its jobs not yet recorded extended
         every third of a lease (the backstop, a write per job).
 
-        A pulse that finds its row gone was given up for lost (silent past its grace: a stall,
-        a partition): its jobs are back in the queue, and reruns will store their outputs at
-        the same keys. It sets ``lost`` and settles the upload threads at once: nothing more of
-        the unit is written (uploads already storing finish), and the unit stops before its
-        next pass."""
+        Each pulse that commits lets the unit's uploads go on (they wait once the last is older
+        than half the grace). A pulse that finds its row gone was given up for lost (silent past
+        its grace: a stall, a partition): its jobs are back in the queue, and reruns will store
+        their outputs at the same keys. It sets ``lost`` and settles the upload threads at once:
+        nothing more of the unit is written (uploads already storing finish), and the unit stops
+        before its next pass."""
         s = self.settings
         extend_every = max(0.5, s.lease_seconds / 3)
         extended = time.monotonic()
         while not stop.wait(min(s.pulse_seconds, extend_every)):
+            began = time.monotonic()
             try:
                 with self.sessions.begin() as session:
                     alive = pulse(session, owner)
@@ -314,7 +321,9 @@ class Runtime:
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("heartbeat failed for %s", owner, exc_info=True)
                 continue
-            if not alive and not stop.is_set():  # (its own last record ends it too)
+            if alive:
+                self.outputs.confirm(began)  # uploads may go on
+            elif not stop.is_set():  # (its own last record ends it too)
                 lost.set()
                 self.outputs.settle()
                 return

@@ -95,6 +95,10 @@ def test_an_unreachable_broker_is_one_line_naming_it(tmp_path: Path) -> None:
 def test_a_bad_setting_from_the_environment_names_its_variable(tmp_path: Path) -> None:
     result = run_cli("status", env={**embedded(tmp_path), "GENFARM_UNIT_SIZE": "0"})
     one_error(result, "bad setting", "GENFARM_UNIT_SIZE", code=2)
+    # settings that do not fit together: named both, without pydantic's wording
+    result = run_cli("status", env={**embedded(tmp_path), "GENFARM_PULSE_GRACE_SECONDS": "3"})
+    one_error(result, "bad setting GENFARM_PULSE_GRACE_SECONDS (3) must be more than twice "
+              "GENFARM_PULSE_SECONDS (2)", code=2)
 
 
 def test_an_unreachable_database_and_a_missing_schema_are_one_line(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def pg_runtime(pg_url: str, tmp_path: Path) -> Iterator[Runtime]:
     # a record is tried again for as long as a unit's pulse grace: 3 s here
     rt = Runtime(Settings(database_url=pg_url, data_dir=tmp_path / "data",
                           storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0,
-                          pulse_grace_seconds=3))
+                          pulse_seconds=1, pulse_grace_seconds=3))
     yield rt
     rt.close()
 

@@ -86,7 +86,7 @@ def test_a_time_limit_among_uploads_leaves_no_write_behind(runtime: Runtime,
     unit = unit_of(runtime, 64, payload_bytes=1_048_576)
     out = tmp_path / "out"
     runtime.outputs.close()  # one upload thread, so that a pass's uploads take a while
-    runtime.outputs = OutputWriter(runtime.storage, 1)
+    runtime.outputs = OutputWriter(runtime.storage, 1, runtime.outputs.fresh_s)
 
     def limit(*_: Any) -> None:
         raise SoftTimeLimitExceeded()

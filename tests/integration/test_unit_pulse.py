@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 
 from jobs import lifecycle
+from jobs.db import upgrade
 from jobs.manifest import parse_manifest
 from jobs.models import Job, UnitPulse, utcnow
 from jobs.pulse import expire_silent_units, pulse, pulse_start
@@ -187,3 +188,65 @@ def test_a_unit_given_up_for_lost_stops_and_writes_nothing_more(db_url: str,
     assert report.succeeded < 512
     late = [t for t in written if t > given_up[0] + 1.0]  # its pulse comes every 0.1 s
     assert not late and len(written) < 512, (len(late), len(written))
+
+
+def test_a_unit_pulses_at_least_twice_within_its_grace() -> None:
+    """One late beat must not lose a unit, nor hold up its uploads (which start only within half
+    the grace of a pulse): a grace of two pulses or less is refused, naming both settings."""
+    with pytest.raises(ValueError, match="GENFARM_PULSE_GRACE_SECONDS .4. must be more than "
+                       "twice GENFARM_PULSE_SECONDS .2."):
+        Settings(pulse_seconds=2, pulse_grace_seconds=4, _env_file=None)
+    assert Settings(pulse_seconds=2, pulse_grace_seconds=4.5, _env_file=None)
+
+
+def test_a_unit_cut_off_from_the_database_stops_writing_before_it_can_be_given_up(
+        pg_url: str, s3_bucket: str, tmp_path: Path) -> None:
+    """A worker cut off from the database (here: another transaction holds its unit's pulse row,
+    so its heartbeat waits) while it still reaches the bucket: its uploads stop within half the
+    grace of its last pulse, before anyone could give it up for lost. Given up, it stops, and
+    none of the uploads that waited ever starts. (It used to go on storing for as long as it was
+    cut off, over the objects that the reruns of its jobs stored and recorded.)"""
+    import boto3
+
+    upgrade(pg_url)
+    rt = Runtime(Settings(database_url=pg_url, data_dir=tmp_path / "data", upload_threads=1,
+                          storage_url=f"s3://{s3_bucket}/farm", batch_wait_seconds=0,
+                          pulse_seconds=0.2, pulse_grace_seconds=2.0))
+    s3 = boto3.client("s3")
+
+    def objects() -> int:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="farm/")
+        return sum(len(page.get("Contents", [])) for page in pages)
+
+    unit = unit_of(rt, {"kind": "noop", "tag": {"range": [0, 1024]}, "payload_bytes": 65_536},
+                   unit_size=1024)
+    seen: dict[str, int] = {}
+
+    def cut_off() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not objects():
+            time.sleep(0.01)
+        with rt.sessions.begin() as s:  # the pulse row held: the unit's heartbeat waits
+            s.execute(select(UnitPulse.owner).with_for_update())
+            cut = time.monotonic()
+            time.sleep(rt.outputs.fresh_s + 0.7 - (time.monotonic() - cut))
+            seen["settled"] = objects()  # half the grace, and an upload's time, since its pulse
+            time.sleep(max(0.0, cut + 3.0 - time.monotonic()))
+            seen["given up"] = objects()  # as a reconciler does after the grace
+            assert expire_silent_units(s, rt.settings.pulse_grace_seconds) > 0
+            lifecycle.expire_leases(s)
+
+    thread = threading.Thread(target=cut_off)
+    try:
+        thread.start()
+        report = rt.run_unit(unit.job_ids, unit.queue)
+        thread.join(timeout=60)
+        rt.outputs.close()  # any upload of it still to come would be written by now
+        seen["after"] = objects()
+    finally:
+        rt.close()
+    assert 0 < seen["settled"] == seen["given up"] == seen["after"] < 1024, seen
+    assert pulses(rt) == 0 and report.succeeded <= seen["after"]
+    assert statuses(rt) == {k: n for k, n in (("succeeded", report.succeeded),
+                                              ("queued", 1024 - report.succeeded)) if n}
+
