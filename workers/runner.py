@@ -166,6 +166,8 @@ class Runtime:
         s = self.settings
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
         report = UnitReport()
+        if queue:
+            self._prepare(queue)
         t = time.perf_counter()
         # one transaction for the claim, its top-up and the projects: each transaction costs a
         # checkout (with its ping), a commit and the session's own work, which an idle worker's
@@ -240,6 +242,19 @@ class Runtime:
         self._after_unit({c.batch_id for c in claimed}, report)
         report.lap("finalize", t)
         return report
+
+    def _prepare(self, queue: str) -> None:
+        """The model of ``queue`` set up before any job is claimed: a process's first unit loads
+        torch and the weights (seconds, much of it holding the GIL, which the heartbeat then
+        waits for) while it holds no lease. A model that cannot set up is left to the pass,
+        which records the error for the jobs it claimed (they retry)."""
+        model = queue if queue in self.catalog.models else queue.removesuffix(".long")
+        if model in self.families or model not in self.catalog.models:
+            return
+        try:
+            self.family(model)
+        except Exception as exc:  # noqa: BLE001 - kept in self.broken, raised at the pass
+            reraise_time_limit(exc)
 
     def _after_unit(self, batch_ids: set[str], report: UnitReport) -> None:
         """One transaction asks whether the unit's batches are done and starts the jobs that

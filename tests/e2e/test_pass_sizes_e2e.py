@@ -49,7 +49,8 @@ def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
         tmp_path: Path, workers: Workers, pg_url: str, redis_url: str) -> None:
     """A unit with fewer jobs than its best pass holds waits (boundedly) for jobs of the same
     key from later submissions: two one-job batches sent 0.5 s apart run in one unit. Without
-    the wait, or where the best pass is one job, each runs alone."""
+    the wait, or where the best pass is one job, each runs alone. (One process, warmed up by a
+    first job: a cold one sets its model up before it claims, and by then both are queued.)"""
     env = {"GENFARM_DATABASE_URL": pg_url, "GENFARM_BROKER_URL": redis_url,
            "GENFARM_STORAGE_URL": (tmp_path / "out").as_uri(),
            "GENFARM_DATA_DIR": str(tmp_path / "data"), "GENFARM_MODEL_PROFILE": "tiny"}
@@ -61,8 +62,12 @@ def test_lone_jobs_from_separate_submissions_share_a_pass_within_the_wait(
         with session_factory(engine).begin() as s:  # as if a worker had measured the key
             s.merge(PassSize(key=f"generate:aether:40x40|cpu:{cpu_cores()}-thread|float64",
                              best=best, rates={}))
-        worker = workers.start({**env, "GENFARM_BATCH_WAIT_SECONDS": wait}, "--max-batch", "4")
+        worker = workers.start({**env, "GENFARM_BATCH_WAIT_SECONDS": wait}, "--max-batch", "4",
+                               "--concurrency", "1")
         job = {"kind": "generate", "seed": seed, "width": 40, "height": 40}
+        # warmed up by a unit of a full pass (which waits for nothing)
+        db.wait(submit(env, tmp_path, {**job, "seed": {"range": [seed + 2, seed + 2 + best]}}),
+                workers)
         first = submit(env, tmp_path, job)
         time.sleep(0.5)
         second = submit(env, tmp_path, {**job, "seed": seed + 1})

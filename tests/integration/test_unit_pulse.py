@@ -250,3 +250,29 @@ def test_a_unit_cut_off_from_the_database_stops_writing_before_it_can_be_given_u
     assert statuses(rt) == {k: n for k, n in (("succeeded", report.succeeded),
                                               ("queued", 1024 - report.succeeded)) if n}
 
+
+def test_a_process_sets_its_model_up_before_it_claims_its_first_jobs(sqlite_url: str,
+                                                                       tmp_path: Path) -> None:
+    """Setting a model up (torch and the weights loaded: seconds, much of it holding the GIL,
+    which the heartbeat then waits for) happens before the first claim, so no lease runs out
+    and no pulse falls silent meanwhile. (Claimed first, a process's first unit of 64 jobs on
+    4-second leases lost them all to the reconciler before its first pass.)"""
+    upgrade(sqlite_url)
+    rt = Runtime(Settings(database_url=sqlite_url, data_dir=tmp_path / "data",
+                          storage_url=(tmp_path / "out").as_uri(), batch_wait_seconds=0,
+                          model_profile="tiny", _env_file=None))
+    unit = unit_of(rt, {"kind": "generate", "seed": {"range": [0, 2]}, "width": 64,
+                        "height": 64})
+    at_claim: list[set[str]] = []
+
+    @event.listens_for(rt.engine, "before_cursor_execute")
+    def claim(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not at_claim and statement.lstrip().startswith("UPDATE jobs"):
+            at_claim.append(set(rt.families))
+
+    try:
+        assert not rt.families
+        report = rt.run_unit(unit.job_ids, unit.queue)
+    finally:
+        rt.close()
+    assert report.succeeded == 2 and at_claim == [{"aether"}]
