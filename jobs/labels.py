@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from jobs.errors import GenfarmError
 from jobs.models import Batch, BatchLabel
+from jobs.receivers import literal_refusal
 
 LABEL_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_LABELS = 32
@@ -120,6 +121,10 @@ def check_webhook_url(url: Any) -> str:
     if parts.username or parts.password:
         raise InvalidMeta("webhook_url", "webhook URL: credentials in the URL are not "
                           "allowed (receivers check the X-Genfarm-Signature header instead)")
+    why = literal_refusal(parts.hostname)
+    if why:
+        raise InvalidMeta("webhook_url", f"webhook URL: {parts.hostname} is {why}, where no "
+                          "receiver may be (webhooks never go there)")
     return url
 
 

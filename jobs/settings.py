@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest wait between two attempts of a webhook delivery.")
     webhook_interval_seconds: float = Field(
         5.0, gt=0, description="How often each worker looks for webhook deliveries that are due.")
+    webhook_allow_private: bool = Field(
+        True, description="Webhooks may go to loopback and private-network addresses (a "
+        "receiver on this machine or the studio's network). Turn it off where a project's URL "
+        "must not reach the farm's own hosts (docker-compose.yml does). Link-local and "
+        "metadata addresses are refused either way; see docs/webhooks.md.")
     webhook_threads: int = Field(
         4, ge=1, le=64, description="Webhook deliveries a worker sends at once (each in its own "
         "thread, so a slow receiver holds up only its own).")

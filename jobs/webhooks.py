@@ -10,7 +10,6 @@ receiver dedupes on ``X-Genfarm-Delivery``. See docs/webhooks.md.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import __version__
 from jobs.models import Batch, Project, ProjectWebhook, WebhookAttempt, WebhookDelivery, utcnow
+from jobs.receivers import ReceiverRefused, post
 from jobs.settings import Settings
 from jobs.sql import rowcount
 
@@ -202,11 +201,13 @@ class Policy:
     max_attempts: int = 8
     backoff_s: float = 10.0
     backoff_max_s: float = 3600.0
+    allow_private: bool = True  # loopback and private networks (see jobs/receivers.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         return cls(settings.webhook_timeout_seconds, settings.webhook_max_attempts,
-                   settings.webhook_backoff_seconds, settings.webhook_backoff_max_seconds)
+                   settings.webhook_backoff_seconds, settings.webhook_backoff_max_seconds,
+                   settings.webhook_allow_private)
 
     def delay(self, attempts: int) -> float:
         """Seconds after attempt number ``attempts`` (1, 2 ...) failed: 10, 30, 90 ... capped."""
@@ -294,49 +295,13 @@ def deliveries_of(session: Session, batch_id: str) -> list[tuple[WebhookDelivery
     return [(r, attempts[r.id]) for r in rows]
 
 
-# -- HTTP ------------------------------------------------------------------------------------
-def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    """POST ``body`` and return the status code, within ``timeout_s`` in all (connect, send and
-    the answer's head; the body is never read). Redirects are not followed; no proxy is used."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout_s,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout_s)
-    # a socket timeout bounds each read, not the whole answer (a receiver can drip a byte at a
-    # time): the timer ends the attempt at its deadline whatever the receiver does
-    expired = threading.Event()
-    timer = threading.Timer(timeout_s, _abort, (conn, expired))
-    timer.daemon = True
-    timer.start()
-    try:
-        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                     body=body, headers=headers)
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
-        if expired.is_set():
-            raise TimeoutError from None
-        raise
-    finally:
-        timer.cancel()
-        conn.close()
-
-
-def _abort(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
-    expired.set()
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed
-            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked send or recv in the other thread
-
-
+# -- HTTP (jobs/receivers.py sends) -----------------------------------------------------------
 def describe(exc: BaseException, timeout_s: float) -> str:
     """An attempt's failure in a few words (never the receiver's answer body)."""
     if isinstance(exc, TimeoutError):
         return f"timed out after {timeout_s:g} s"
+    if isinstance(exc, ReceiverRefused):
+        return str(exc)
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -387,7 +352,8 @@ class Deliverer:
         status_code: int | None = None
         error: str | None = None
         try:
-            status_code = post(lease.url, body, headers, self.policy.timeout_s)
+            status_code = post(lease.url, body, headers, self.policy.timeout_s,
+                               self.policy.allow_private)
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except Exception as exc:  # noqa: BLE001 - recorded as the attempt's error

@@ -2,7 +2,11 @@
 delivered once, signed, with its summary; a receiver that is down is retried with backoff and
 finally failed, while finalization never waits for it; a slow receiver times out without holding
 up another; two deliverers racing send each delivery once; one project sees nothing of
-another's settings or deliveries (API); the CLI shows a secret once and reconcile delivers."""
+another's settings or deliveries (API); the CLI shows a secret once and reconcile delivers.
+Where webhooks may go: link-local, metadata and other never-addresses are refused when a URL is
+set or submitted; with private networks off, a receiver on loopback (by address or by name) is
+never contacted and the attempt says why; name resolution counts against the attempt's
+deadline."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from sqlalchemy import func, select
 from jobs import lifecycle
 from jobs.batches import finalize_if_done
 from jobs.db import make_engine, session_factory
-from jobs.labels import BatchMeta
+from jobs.errors import GenfarmError
+from jobs.labels import BatchMeta, check_webhook_url
 from jobs.manifest import default_catalog, parse_manifest
 from jobs.models import Job, WebhookAttempt, WebhookDelivery
 from jobs.submit import retry_failed_jobs, submit
@@ -435,3 +440,103 @@ def test_the_cli_shows_a_secret_once_and_reconcile_delivers(
     rotated = run_cli("webhook", "set", "--project", "acme", "--rotate-secret", env=env)
     assert "secret " in rotated.stdout and secret not in rotated.stdout
     assert "removed" in run_cli("webhook", "clear", "--project", "acme", env=env).stdout
+
+
+# -- where webhooks may go -------------------------------------------------------------------
+NEVER = ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:8080/hook",
+         "https://[fd00:ec2::254]/", "http://100.100.100.200/", "http://0.0.0.0:9000/",
+         "http://224.0.0.1/", "http://[::ffff:169.254.169.254]/", "http://240.0.0.1/",
+         "http://[2002:a9fe:a9fe::1]/", "http://[::]/", "http://2852039166/",
+         "http://0xa9fea9fe/", "http://0251.0376.0251.0376:80/"]
+
+
+@pytest.mark.parametrize("url", NEVER)
+def test_a_url_naming_a_never_address_is_refused_when_set(url: str) -> None:
+    with pytest.raises(GenfarmError, match="where no receiver may be"):
+        check_webhook_url(url)
+
+
+def test_names_and_other_addresses_pass_until_delivery() -> None:
+    for url in ("https://hooks.example.com/genfarm", "http://127.0.0.1:9000/hook",
+                "http://10.1.2.3/hook", "http://[::1]:9000/", "http://8.8.8.8/"):
+        assert check_webhook_url(url) == url
+
+
+def test_the_cli_and_the_api_refuse_a_metadata_url_in_one_line(tmp_path: Path) -> None:
+    from api.app import create_app
+    from jobs.db import upgrade
+    from jobs.settings import Settings
+
+    env = {"GENFARM_DATA_DIR": str(tmp_path / "data")}
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_factory(engine).begin() as s:
+        auth = {"Authorization": f"Bearer {create_token(s, 'acme').token}"}
+    client = TestClient(create_app(Settings(database_url=url, data_dir=tmp_path / "api",
+                                            storage_url=(tmp_path / "out").as_uri())))
+    for url_given in ("http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/"):
+        bad = client.put("/v1/webhook", json={"url": url_given}, headers=auth)
+        assert bad.status_code == 422 and "where no receiver may be" in bad.json()["detail"]
+        bad = client.post("/v1/batches", headers=auth, json={
+            "jobs": [{"kind": "noop"}], "webhook_url": url_given})
+        assert bad.status_code in (400, 422) and "where no receiver may be" in bad.text
+    engine.dispose()
+    result = run_cli("webhook", "set", "--project", "acme", "--url",
+                     "http://169.254.169.254/latest/meta-data/", env=env)
+    assert result.returncode != 0
+    assert "169.254.169.254 is a link-local or metadata address" in result.stderr
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text('{"kind": "noop"}\n')
+    result = run_cli("submit", str(manifest), "--project", "acme", "--webhook",
+                     "http://[fd00:ec2::254]/", env=env)
+    assert result.returncode != 0 and "where no receiver may be" in result.stderr
+    assert "submitted" not in result.stdout
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_with_private_networks_off_a_loopback_receiver_is_never_contacted(
+        farm: dict[str, Any], receivers: Any, host: str) -> None:
+    hook = receivers()
+    url = hook.url.replace("127.0.0.1", host)
+    batch = finished_batch(farm, url=url)
+    closed = Policy(timeout_s=1.0, max_attempts=1, backoff_s=0.2, allow_private=False)
+    assert Deliverer(farm["sessions"], closed).deliver_due(5) == {"failed": 1}
+    row, attempts = delivery(farm, batch)
+    assert hook.got == [] and [a.status_code for a in attempts] == [None]
+    assert row.last_error == ("receiver not allowed: its host is a loopback or private address "
+                              "(GENFARM_WEBHOOK_ALLOW_PRIVATE is off)")
+    # the same farm with private networks on (the embedded default) delivers it
+    again = finished_batch(farm, url=url)
+    assert Deliverer(farm["sessions"], Policy(timeout_s=1.0)).deliver_due(5) == {"delivered": 1}
+    assert len(hook.got) == 1 and delivery(farm, again)[0].status == "delivered"
+
+
+def test_a_project_default_url_to_metadata_cannot_be_stored(farm: dict[str, Any]) -> None:
+    with farm["sessions"].begin() as s, pytest.raises(GenfarmError, match="link-local"):
+        configure(s, "acme", url="http://169.254.169.254/")
+
+
+def test_name_resolution_counts_against_the_attempts_deadline(
+        farm: dict[str, Any], receivers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system resolver takes no deadline: a receiver whose name takes 5 s to resolve costs
+    its attempt the 1 s deadline, not 5."""
+    hook = receivers()
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow.invalid":
+            time.sleep(5)
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    batch = finished_batch(farm, url=hook.url.replace("127.0.0.1", "slow.invalid"))
+    started = time.monotonic()
+    assert Deliverer(farm["sessions"], Policy(timeout_s=1.0, max_attempts=1)).deliver_due(5) \
+        == {"failed": 1}
+    assert time.monotonic() - started < 3.0
+    row, attempts = delivery(farm, batch)
+    assert row.last_error == "timed out after 1 s" and attempts[0].seconds < 2.0
+    assert hook.got == []

@@ -84,6 +84,9 @@ def test_production_properties(compose: dict[str, Any]) -> None:
     for name in ("api", "worker", "worker-cpu"):  # nothing serves before the schema exists
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
+    for name, service in genfarm_services(compose).items():  # webhooks reach no stack host
+        private = service["environment"]["GENFARM_WEBHOOK_ALLOW_PRIVATE"]
+        assert private == "${GENFARM_WEBHOOK_ALLOW_PRIVATE:-false}", name
 
 
 def test_dockerfile_copies_every_package() -> None:
