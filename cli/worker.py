@@ -118,28 +118,40 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def gpu_visible(settings: Settings) -> bool:
-    """Whether the worker's processes will compute on a GPU, told without importing torch (the
-    pool processes are forked from this one, which must not touch CUDA): GENFARM_DEVICE when
-    set, else an NVIDIA device node that CUDA_VISIBLE_DEVICES does not hide."""
-    if settings.device:
-        return not settings.device.startswith("cpu")
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
-        return False
-    return any(Path("/dev").glob("nvidia[0-9]*"))
+def visible_gpus(settings: Settings, dev: Path = Path("/dev")) -> int:
+    """How many GPUs the worker's processes will compute on, told without importing torch (the
+    pool processes are forked from this one, which must not touch CUDA). GENFARM_DEVICE when
+    set: none for the CPU, one for a numbered device (``cuda:1``); otherwise the NVIDIA device
+    nodes, or as many as CUDA_VISIBLE_DEVICES lists (up to an entry of -1, which hides the
+    rest, as CUDA reads it)."""
+    if settings.device and not settings.device.startswith("cuda"):
+        return 0
+    if settings.device and settings.device != "cuda":
+        return 1
+    gpus = sum(1 for p in dev.glob("nvidia*") if p.name.removeprefix("nvidia").isdigit())
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        entries = [e.strip() for e in listed.split(",")]
+        if "-1" in entries:
+            entries = entries[:entries.index("-1")]
+        gpus = min(gpus, len([e for e in entries if e]))
+    return max(gpus, 1) if settings.device == "cuda" else gpus
 
 
-def pool_size(settings: Settings, concurrency: int | None, pool: str) -> tuple[int, int | None]:
+def pool_size(settings: Settings, concurrency: int | None, pool: str,
+              dev: Path = Path("/dev")) -> tuple[int, int | None]:
     """(worker processes, torch CPU threads for each, None for torch's own choice).
 
-    ``concurrency`` None is auto: one process on a GPU machine (its device); on a CPU, one per
-    core (prefork; solo and threads pools run one), each with one thread. Passes of a small
+    ``concurrency`` None is auto: one process per GPU on a GPU machine (each computes on its
+    own: the pool process numbered i on GPU i); on a CPU, one per core (prefork; solo and
+    threads pools run one), each with one thread. Passes of a small
     model are hundreds of short operations, too short for a second thread to share well, and
     two cores ran two one-thread processes at 1.0 to 1.3x one loop's images/s on both
     (benchmarks/pipeline.py). Explicit ``--concurrency`` shares the cores evenly among the
     processes. GENFARM_CPU_THREADS (or OMP_NUM_THREADS, read by torch itself) chooses instead."""
-    gpu, cores = gpu_visible(settings), cpu_cores()
-    processes = concurrency or (cores if pool == "prefork" and not gpu else 1)
+    gpus, cores = visible_gpus(settings, dev), cpu_cores()
+    gpu = gpus > 0
+    processes = concurrency or ((gpus if gpu else cores) if pool == "prefork" else 1)
     if settings.cpu_threads or "OMP_NUM_THREADS" in os.environ or gpu:
         return processes, settings.cpu_threads
     return processes, max(1, cores // processes)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from celery.utils.log import current_process_index
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -70,12 +71,21 @@ def is_transient(exc: BaseException) -> bool:
     return is_oom(exc)
 
 
-def pick_device(settings: Settings) -> str:
-    if settings.device:
+def pick_device(settings: Settings, slot: int | None = None) -> str:
+    """GENFARM_DEVICE when it names one; else CUDA when there is a GPU, where the pool process
+    numbered ``slot`` computes on GPU ``slot`` (modulo their count), made its current device;
+    else the CPU."""
+    if settings.device and settings.device != "cuda":
         return settings.device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return settings.device or "cpu"
+    count = torch.cuda.device_count()
+    if count < 2 or slot is None:
+        return "cuda"
+    torch.cuda.set_device(slot % count)  # what a family leaves unplaced lands there too
+    return f"cuda:{slot % count}"
 
 
 class Runtime:
@@ -118,7 +128,7 @@ class Runtime:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = pick_device(self.settings)
+            self._device = pick_device(self.settings, current_process_index(base=0))
             import torch
 
             if self.settings.cpu_threads:
@@ -424,6 +434,8 @@ class Runtime:
                 import torch
 
                 device = f"cpu:{torch.get_num_threads()}-thread"
+            elif device.startswith("cuda:"):  # a machine's GPUs alike: one measure for all
+                device = "cuda"
             self._passes = PassSizes(self.sessions, device, dtype)
         return self._passes
 

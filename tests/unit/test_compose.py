@@ -78,6 +78,8 @@ def test_production_properties(compose: dict[str, Any]) -> None:
         assert mounts <= declared and mounts, name
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert "gpu" in gpu["capabilities"] and services["worker"]["profiles"] == ["gpu"]
+    # every GPU of the host, a pool process on each
+    assert gpu["count"] == "all" and "auto" in services["worker"]["command"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     images = [s.get("image", "") for s in services.values()]
     assert not [i for i in images if "minio" in i], "MinIO's community edition is archived"

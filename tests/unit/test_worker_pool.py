@@ -1,14 +1,17 @@
 """How many processes `genfarm worker` runs and how many torch CPU threads each gets: one per
-core of one thread on a CPU-only machine, one on a GPU one, an even share of the cores for an
-explicit count, and the operator's GENFARM_CPU_THREADS or OMP_NUM_THREADS over all of it."""
+core of one thread on a CPU-only machine, one per GPU on a GPU one (as many as the device nodes
+and CUDA_VISIBLE_DEVICES show), an even share of the cores for an explicit count, and the
+operator's GENFARM_CPU_THREADS or OMP_NUM_THREADS over all of it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from cli.worker import cpu_cores, pool_size
+from cli.worker import cpu_cores, pool_size, visible_gpus
 from jobs.settings import Settings
 
 
@@ -34,9 +37,31 @@ def test_one_process_pools_get_every_core(pool: str) -> None:
     assert pool_size(Settings(device="cpu"), None, pool) == (1, cpu_cores())
 
 
-def test_a_gpu_worker_runs_one_process_and_leaves_threads_to_torch() -> None:
-    assert pool_size(Settings(device="cuda"), None, "prefork") == (1, None)
+def test_a_gpu_worker_runs_a_process_per_gpu_and_leaves_threads_to_torch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pool_size(Settings(device="cuda"), None, "prefork", tmp_path) == (1, None)
     assert pool_size(Settings(device="cuda:1"), 3, "prefork") == (3, None)
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl", "nvidia-uvm",
+                 "nvidia-modeset"):  # four GPUs, and the driver's other nodes
+        (tmp_path / name).touch()
+    assert pool_size(Settings(), None, "prefork", tmp_path) == (4, None)
+    assert pool_size(Settings(device="cuda"), None, "prefork", tmp_path) == (4, None)
+    assert pool_size(Settings(device="cuda:2"), None, "prefork", tmp_path) == (1, None)
+    assert pool_size(Settings(), None, "solo", tmp_path) == (1, None)
+    assert pool_size(Settings(), 2, "prefork", tmp_path) == (2, None)
+
+
+@pytest.mark.parametrize("listed, gpus", [
+    ("0,1", 2), ("3", 1), ("GPU-8f1c2b9e,GPU-0a7d", 2), ("1,-1,2", 1), ("-1", 0), ("", 0),
+    ("0,1,2,3,4,5", 4)])
+def test_cuda_visible_devices_says_how_many_gpus_a_worker_uses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str, gpus: int) -> None:
+    for i in range(4):
+        (tmp_path / f"nvidia{i}").touch()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus(Settings(), tmp_path) == gpus
+    assert visible_gpus(Settings(device="cpu"), tmp_path) == 0
 
 
 def test_the_operator_chooses_threads(monkeypatch: pytest.MonkeyPatch) -> None:
