@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
-from jobs.manifest import JobSpec, own_path
+from jobs.manifest_common import JobSpec
+from jobs.manifest_fields import own_path
 from jobs.models import Job, JobEvent, Output
 from jobs.sql import insert_rows, insert_values
 

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
 from jobs.errors import LineError, ManifestError
-from jobs.manifest import JobSpec, own_path
+from jobs.manifest_common import JobSpec
+from jobs.manifest_fields import own_path
 from jobs.models import Batch, Job, Output
 from jobs.registry import (
     AudioRef,
@@ -188,7 +189,7 @@ def batch_sources(sessions: Any, project: str) -> Any:
     match every ``where`` entry (a value, or a list of accepted values)."""
     from jobs.batches import resolve_batch
     from jobs.errors import NotFound
-    from jobs.manifest import MAX_JOBS
+    from jobs.manifest_common import MAX_JOBS
 
     def expand(ident: Any, where: Any) -> list[dict[str, Any]] | str:
         if not isinstance(ident, str):

@@ -21,7 +21,8 @@ from jobs.catalog import Catalog
 from jobs.errors import GenfarmError
 from jobs.labels import BatchMeta, label_rows
 from jobs.lifecycle import due_unpublished, mark_published, unmark_published
-from jobs.manifest import JobSpec, parse_manifest, validate_records
+from jobs.manifest import parse_manifest, validate_records
+from jobs.manifest_common import JobSpec
 from jobs.models import Batch, BatchLabel, Project, utcnow
 from jobs.sql import insert_rows
 

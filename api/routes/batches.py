@@ -28,7 +28,7 @@ from api.schemas import (
 from jobs.batches import cancel_jobs, resolve_batch, summarize
 from jobs.errors import LineError, ManifestError, NotFound
 from jobs.labels import BatchMeta, InvalidMeta, parse_labels, where_batch
-from jobs.manifest import loads
+from jobs.manifest_records import loads
 from jobs.models import Batch, Job
 from jobs.presence import unserved
 from jobs.submit import SubmitResult, pause_jobs, resume_jobs, retry_failed_jobs
