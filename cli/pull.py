@@ -49,7 +49,7 @@ def pull(settings: Settings, batch: str, dest: Path, template: str | None,
     from jobs.batches import batch_outputs, manifest_lines, resolve_batch
     from jobs.db import make_engine, session_factory
     from jobs.models import Job
-    from jobs.timeline import batch_sources
+    from jobs.timeline_media import batch_sources
     from storage import open_storage
 
     sessions = session_factory(make_engine(settings.resolved_database_url()))
@@ -94,7 +94,7 @@ def pull(settings: Settings, batch: str, dest: Path, template: str | None,
 
 
 def default_paths(outputs: list[tuple[str, int, Any]]) -> list[PurePosixPath]:
-    from jobs.timeline import pulled_path
+    from jobs.timeline_media import pulled_path
 
     return [pulled_path(index, job_id, out.name) for job_id, index, out in outputs]
 

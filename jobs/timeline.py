@@ -7,280 +7,50 @@ imported when a timeline is built, so the rest of genfarm runs without the ``tim
 Media is referenced as ``genfarm pull`` lays a batch out (:func:`pulled_path`,
 :func:`source_path`), relative to the exported file, or by URL (presigned for S3, ``file://``
 for a local folder).
+
+Here the timeline is assembled; ``jobs.timeline_media`` gathers what a batch holds (and the
+pulled layout), ``jobs.timeline_export`` writes each format, and ``jobs.timeline_common`` holds
+the constants, errors and formats; their public names are still importable from here.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
-import os
-import struct
-import tempfile
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import PurePosixPath
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.errors import GenfarmError
-from jobs.models import Batch, Job, Output
-from jobs.states import JobStatus
+from jobs.timeline_common import DEFAULT_RATE as DEFAULT_RATE
+from jobs.timeline_common import (
+    DEFAULT_STILL_SECONDS,
+    SIDECAR,
+    URL_SECONDS,
+    TimelineError,
+    import_otio,
+    seed_of,
+)
+from jobs.timeline_common import FORMATS as FORMATS
+from jobs.timeline_common import INSTALL_HINT as INSTALL_HINT
+from jobs.timeline_common import Format as Format
+from jobs.timeline_common import TimelineUnavailable as TimelineUnavailable
+from jobs.timeline_common import format_for_path as format_for_path
+from jobs.timeline_export import absolute_media as absolute_media
+from jobs.timeline_export import adapter_missing as adapter_missing
+from jobs.timeline_export import export as export
+from jobs.timeline_media import Item, Plan, gather
+from jobs.timeline_media import SourceFile as SourceFile
+from jobs.timeline_media import batch_sources as batch_sources
+from jobs.timeline_media import mp4_frames as mp4_frames
+from jobs.timeline_media import pulled_path as pulled_path
+from jobs.timeline_media import source_path as source_path
 
 if TYPE_CHECKING:
     import opentimelineio as otio
 
     from storage import Storage
-
-INSTALL_HINT = "pip install 'genfarm[timeline]'"
-DEFAULT_RATE = 24  # a batch of stills only
-DEFAULT_STILL_SECONDS = 2.0
-URL_SECONDS = 7 * 24 * 3600  # presigned URLs: the longest S3 (SigV4) signs for
-SIDECAR = "cuts.json"
-
-
-class TimelineError(GenfarmError):
-    """A timeline cannot be built or written."""
-
-
-class TimelineUnavailable(TimelineError):
-    """OpenTimelineIO or one of its adapters is not installed."""
-
-
-@dataclass(frozen=True)
-class Format:
-    """One export format: the OpenTimelineIO adapter that writes it, its file name extension,
-    its media type, and whether that adapter reads it back."""
-
-    adapter: str
-    suffix: str
-    content_type: str
-    package: str
-    readable: bool = True
-
-
-FORMATS: dict[str, Format] = {
-    "otio": Format("otio_json", ".otio", "application/json", "opentimelineio"),
-    "edl": Format("cmx_3600", ".edl", "text/plain; charset=utf-8", "otio-cmx3600-adapter"),
-    "fcp7": Format("fcp_xml", ".xml", "application/xml", "otio-fcp-adapter"),
-    "fcpxml": Format("fcpx_xml", ".fcpxml", "application/xml", "otio-fcpx-xml-adapter"),
-    "aaf": Format("AAF", ".aaf", "application/octet-stream", "otio-aaf-adapter"),
-    "mlt": Format("mlt_xml", ".mlt", "application/xml", "otio-mlt-adapter", readable=False),
-}
-
-
-def format_for_path(path: str) -> str | None:
-    """The format a file name asks for by its extension (``cut.fcpxml`` -> fcpxml), if any."""
-    suffix = os.path.splitext(path)[1].lower()
-    return next((name for name, f in FORMATS.items() if f.suffix == suffix), None)
-
-
-# -- the layout of a pulled batch, which relative media paths point into ----------------------
-def pulled_path(index: int, job_id: str, name: str) -> PurePosixPath:
-    """Where `genfarm pull` puts one output by default: ``<job index>-<job id>/<name>``."""
-    from storage.keys import safe_part
-
-    return PurePosixPath(f"{index:06d}-{safe_part(job_id)}", safe_part(name))
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """An object a batch's jobs read (a video's music), and where a pulled folder keeps it."""
-
-    key: str
-    path: PurePosixPath  # sources/<its key inside the project>
-    sha256: str | None
-
-
-def source_path(storage: Storage, project: str, key: str) -> PurePosixPath | None:
-    """``sources/<key relative to the project's folder>``, or None for a key outside the
-    project (never followed: whatever a record holds, nothing else of the store is read)."""
-    from storage.keys import join, safe_part
-
-    root = join(storage.prefix, project) + "/"
-    if not key.startswith(root):
-        return None
-    try:
-        return PurePosixPath("sources", *(safe_part(p) for p in key[len(root):].split("/")))
-    except ValueError:
-        return None
-
-
-def batch_sources(session: Session, storage: Storage, batch_id: str) -> list[SourceFile]:
-    """The audio files the batch's succeeded jobs used, each once, in job order."""
-    project = session.scalar(select(Batch.project).where(Batch.id == batch_id))
-    rows = session.execute(select(Job.params).where(
-        Job.batch_id == batch_id, Job.status == JobStatus.SUCCEEDED).order_by(Job.index)).all()
-    found: dict[str, SourceFile] = {}
-    for (params,) in rows:
-        audio = params.get("audio") if isinstance(params, dict) else None
-        if not isinstance(audio, dict) or not isinstance(audio.get("key"), str):
-            continue
-        path = source_path(storage, str(project), audio["key"])
-        if path is not None and audio["key"] not in found:
-            found[audio["key"]] = SourceFile(audio["key"], path, audio.get("sha256"))
-    return list(found.values())
-
-
-# -- what the batch holds, read from the database and storage ---------------------------------
-@dataclass
-class Item:
-    """One job's output as it will sit on the video track."""
-
-    job: Job
-    output: Output
-    target: str  # the media reference: a relative path or a URL
-    rate: int = DEFAULT_RATE
-    frames: int = 0  # a video's frame count; 0 for a still
-    cuts: dict[str, Any] | None = None  # the cuts.json sidecar of a beat-cut video
-    audio: tuple[str, str | None, str] | None = None  # (key, sha256, target) of its music
-
-    @property
-    def still(self) -> bool:
-        return self.frames == 0
-
-
-@dataclass
-class Plan:
-    batch: Batch
-    items: list[Item] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # jobs with nothing to place, and why
-
-
-def gather(session: Session, storage: Storage, batch_id: str, media: str = "relative",
-           url_seconds: int = URL_SECONDS) -> Plan:
-    """The batch's placeable outputs in job order, with each video's frames and rate (from its
-    cuts.json, else its params, else the MP4's own header) and the music it was cut to."""
-    if media not in ("relative", "url"):
-        raise TimelineError(f"media {media!r}: expected relative or url")
-    batch = session.get(Batch, batch_id)
-    if batch is None:
-        raise TimelineError(f"no batch {batch_id!r}")
-    rows = session.execute(
-        select(Job, Output).join(Output, Output.job_id == Job.id)
-        .where(Job.batch_id == batch.id).order_by(Job.index, Output.name)).all()
-    jobs = session.scalars(select(Job).where(Job.batch_id == batch.id).order_by(Job.index))
-    per_job: dict[str, list[Output]] = {}
-    for job, out in rows:
-        per_job.setdefault(job.id, []).append(out)
-    plan = Plan(batch)
-
-    def target(key: str, path: PurePosixPath) -> str:
-        return str(path) if media == "relative" else _url(storage, key, url_seconds)
-
-    for job in jobs:
-        outputs = per_job.get(job.id, [])
-        if job.status != JobStatus.SUCCEEDED or not outputs:
-            plan.skipped.append(f"#{job.index} {job.kind}: {job.status}, no outputs")
-            continue
-        sidecar = next((o for o in outputs if o.name == SIDECAR), None)
-        for out in outputs:
-            where = target(out.key, pulled_path(job.index, job.id, out.name))
-            if out.content_type.startswith("image/"):
-                plan.items.append(Item(job, out, where))
-            elif out.content_type.startswith("video/"):
-                plan.items.append(_video(storage, batch.project, job, out, where, sidecar,
-                                         target))
-    return plan
-
-
-def _video(storage: Storage, project: str, job: Job, out: Output, where: str,
-           sidecar: Output | None, target: Any) -> Item:
-    params = job.params
-    cuts = None
-    if sidecar is not None:
-        cuts = json.loads(storage.get(sidecar.key, sha256=sidecar.sha256))
-        if not isinstance(cuts, dict) or cuts.get("version") != 1:
-            raise TimelineError(f"job #{job.index}: {SIDECAR} is not version 1 of its format")
-        try:
-            rate, frames = int(cuts["fps"]), int(cuts["frames"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TimelineError(f"job #{job.index}: {SIDECAR} has no usable fps and frames "
-                                f"({type(exc).__name__}: {exc})") from exc
-    elif params.get("mode") in ("orbit", "interpolate") and "frames" in params:
-        rate, frames = int(params["fps"]), int(params["frames"])
-    else:  # a beat-cut video of before cuts.json: its length is the music's, read the MP4
-        try:
-            frames, fps = mp4_frames(storage.get(out.key, sha256=out.sha256))
-        except struct.error as exc:  # cut short: its boxes end before they say
-            raise TimelineError(f"job #{job.index}: {out.name} is not a whole MP4 "
-                                f"({exc})") from exc
-        rate = int(params.get("fps") or round(fps))
-    item = Item(job, out, where, rate=rate, frames=frames, cuts=cuts)
-    audio = (cuts or {}).get("audio") or params.get("audio")
-    if isinstance(audio, dict) and isinstance(audio.get("key"), str):
-        path = source_path(storage, project, audio["key"])
-        if path is not None:
-            item.audio = (audio["key"], audio.get("sha256"), target(audio["key"], path))
-    return item
-
-
-def _url(storage: Storage, key: str, seconds: int) -> str:
-    from storage.backends.local import LocalStorage
-
-    if isinstance(storage, LocalStorage):
-        return storage.path_of(key).as_uri()
-    url = storage.presigned_url(key, seconds)
-    if url is None:
-        raise TimelineError(f"storage {storage.url} gives no URLs; export with media=relative "
-                            "and `genfarm pull` the batch beside the file")
-    return url
-
-
-def mp4_frames(data: bytes) -> tuple[int, Fraction]:
-    """(frame count, frames per second) of an MP4's first video track, from its sample table
-    (``moov/trak/mdia``: ``mdhd`` time scale and duration, ``stts`` sample counts)."""
-
-    def boxes(buf: bytes, start: int, end: int) -> Any:
-        while start + 8 <= end:
-            size, kind = struct.unpack(">I4s", buf[start:start + 8])
-            head = 8
-            if size == 1:
-                size, head = struct.unpack(">Q", buf[start + 8:start + 16])[0], 16
-            elif size == 0:
-                size = end - start
-            if size < head:
-                return
-            yield kind, start + head, start + size
-            start += size
-
-    def child(buf: bytes, start: int, end: int, name: bytes) -> tuple[int, int] | None:
-        return next(((a, b) for k, a, b in boxes(buf, start, end) if k == name), None)
-
-    moov = child(data, 0, len(data), b"moov")
-    for kind, a, b in boxes(data, *moov) if moov else ():
-        mdia = child(data, a, b, b"mdia") if kind == b"trak" else None
-        hdlr = child(data, *mdia, b"hdlr") if mdia else None
-        if not mdia or not hdlr or data[hdlr[0] + 8:hdlr[0] + 12] != b"vide":
-            continue
-        mdhd = child(data, *mdia, b"mdhd")
-        minf = child(data, *mdia, b"minf")
-        stbl = child(data, *minf, b"stbl") if minf else None
-        stts = child(data, *stbl, b"stts") if stbl else None
-        if mdhd is None or stts is None:
-            break
-        if data[mdhd[0]] == 1:
-            scale, duration = struct.unpack(">IQ", data[mdhd[0] + 20:mdhd[0] + 32])
-        else:
-            scale, duration = struct.unpack(">II", data[mdhd[0] + 12:mdhd[0] + 20])
-        (n,) = struct.unpack(">I", data[stts[0] + 4:stts[0] + 8])
-        frames = sum(struct.unpack(">I", data[stts[0] + 8 + 8 * i:stts[0] + 12 + 8 * i])[0]
-                     for i in range(n))
-        if frames and duration:
-            return frames, Fraction(frames * scale, duration)
-        break
-    raise TimelineError("no video track with a sample table in the MP4")
-
-
-# -- the timeline ---------------------------------------------------------------------------
-def _otio() -> Any:
-    try:
-        import opentimelineio
-    except ImportError:
-        raise TimelineUnavailable(f"timeline export needs OpenTimelineIO: {INSTALL_HINT}") from None
-    return opentimelineio
 
 
 def build_timeline(session: Session, storage: Storage, batch_id: str, *,
@@ -315,7 +85,7 @@ def bar_frames(plan: Plan, rate: int) -> int | None:
 
 def assemble(plan: Plan, still_seconds: float | None = None) -> otio.schema.Timeline:
     """The OpenTimelineIO timeline of a gathered plan."""
-    otio = _otio()
+    otio = import_otio()
     if not plan.items:
         left = f"; left out: {', '.join(plan.skipped[:3])}" if plan.skipped else ""
         raise TimelineError(f"batch {plan.batch.id} has no images or videos to place{left}")
@@ -373,22 +143,13 @@ def _meta(item: Item, segment: dict[str, Any] | None = None) -> dict[str, Any]:
             "sha256": out.sha256, "segment": segment}
 
 
-def _seed(params: dict[str, Any]) -> Any:
-    source = params.get("source")
-    if params.get("seed") is not None:
-        return params["seed"]
-    if isinstance(source, dict) and isinstance(source.get("params"), dict):
-        return source["params"].get("seed")
-    return None
-
-
 def _name(item: Item, segment: dict[str, Any] | None = None) -> str:
     """``#3 video orbit seed 40``; a segment: ``#8.02 video beats seed 502 A``. Unique in the
     batch (MLT names its producers by them)."""
     p = item.job.params
     kind = " ".join(str(x) for x in (item.job.kind, p.get("mode") or p.get("op")) if x)
     if segment is None:
-        seed = _seed(p)
+        seed = seed_of(p)
         tail = f" seed {seed}" if seed is not None else ""
         # an output named for its media type (an image, a video) is the job's own: not named
         named = PurePosixPath(item.output.name).stem == item.output.content_type.split("/")[0]
@@ -491,167 +252,3 @@ def _audio_clip(otio: Any, item: Item) -> Any:
                             media_reference=ref, source_range=_range(otio, 0, frames, rate),
                             metadata={"genfarm": {"key": key, "sha256": sha256,
                                                   "job_id": item.job.id}})
-
-
-# -- writing ----------------------------------------------------------------------------------
-def adapter_missing(fmt: str) -> str | None:
-    """What is missing to write ``fmt`` (a sentence naming the package), or None."""
-    if fmt not in FORMATS:
-        return f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}"
-    try:
-        otio = _otio()
-    except TimelineUnavailable as exc:
-        return str(exc)
-    spec = FORMATS[fmt]
-    if spec.adapter not in otio.adapters.available_adapter_names():
-        return (f"format {fmt} needs the OpenTimelineIO adapter {spec.adapter!r} "
-                f"(package {spec.package}): {INSTALL_HINT}")
-    return None
-
-
-def export(timeline: otio.schema.Timeline, fmt: str) -> bytes:
-    """``timeline`` written in ``fmt`` (one of :data:`FORMATS`)."""
-    problem = adapter_missing(fmt)
-    if problem:
-        raise TimelineUnavailable(problem)
-    otio = _otio()
-    timeline = timeline.deepcopy()  # some adapters edit what they write (names, metadata)
-    write = _WRITERS.get(fmt)
-    if write is not None:
-        return write(otio, timeline)
-    text = otio.adapters.write_to_string(timeline, adapter_name=FORMATS[fmt].adapter)
-    return text.encode() if isinstance(text, str) else bytes(text)
-
-
-def absolute_media(timeline: otio.schema.Timeline, folder: str) -> None:
-    """Relative media references made ``file://`` URLs under ``folder``, for editors that
-    take no relative paths (Final Cut Pro, Premiere)."""
-    from pathlib import Path
-
-    root = Path(folder).resolve()
-    for clip in timeline.find_clips():
-        ref = clip.media_reference
-        target = getattr(ref, "target_url", "")
-        if target and "://" not in target and not os.path.isabs(target):
-            ref.target_url = root.joinpath(*PurePosixPath(target).parts).as_uri()
-
-
-def _comments(clip: Any) -> dict[str, str]:
-    """What an editor's comment columns can show of a clip: its job, what varies, its sha256."""
-    meta = clip.metadata.get("genfarm") or {}
-    if "index" not in meta:  # the music
-        return {"key": str(meta.get("key", "")), "sha256": str(meta.get("sha256") or "")}
-    params, segment = dict(meta.get("params") or {}), meta.get("segment") or {}
-    shown = {"seed": segment.get("seed", _seed(params)), "section": segment.get("section"),
-             "yaw": segment.get("yaw", params.get("yaw")), "prompt": params.get("prompt")}
-    what = ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None)
-    return {"job": f"#{meta['index']} {meta.get('job_id', '')}", "what": what,
-            "sha256": str(meta.get("sha256", ""))}
-
-
-def _write_fcp7(otio: Any, timeline: Any) -> bytes:
-    """FCP 7 XML with the job, params and sha256 of each clip in its master comments (the
-    Comment columns of Premiere and Resolve)."""
-    for clip in timeline.find_clips():
-        c = _comments(clip)
-        clip.metadata["fcp_xml"] = {"comments": {
-            f"mastercomment{i}": v for i, v in enumerate(c.values(), start=1)}}
-    meta = timeline.metadata.get("genfarm") or {}
-    if meta.get("width") and meta.get("height"):  # the sequence's frame size
-        # FCP 7's <media><video><format> element (the XML's own names, not genfarm's kinds)
-        timeline.metadata["fcp_xml"] = {"media": dict(video={"format": {"samplecharacteristics": {
-            "width": str(meta["width"]), "height": str(meta["height"]),
-            "pixelaspectratio": "square",
-            "rate": {"timebase": str(round(_rate(timeline))), "ntsc": "FALSE"}}}})}
-    text = otio.adapters.write_to_string(timeline, adapter_name="fcp_xml")
-    return text.encode()
-
-
-def _write_fcpxml(otio: Any, timeline: Any) -> bytes:
-    """FCPXML, its formats given the frame size the adapter leaves out (it asks ffprobe)."""
-    from xml.etree import ElementTree
-
-    text = otio.adapters.write_to_string(timeline, adapter_name="fcpx_xml")
-    meta = timeline.metadata.get("genfarm") or {}
-    if not (meta.get("width") and meta.get("height")):
-        return text.encode()
-    head, sep, body = text.partition("<fcpxml")
-    root = ElementTree.fromstring(sep + body)
-    for fmt in root.iter("format"):
-        fmt.set("width", str(meta["width"]))
-        fmt.set("height", str(meta["height"]))
-        if not fmt.get("name"):
-            del fmt.attrib["name"]
-    return (head + ElementTree.tostring(root, encoding="unicode") + "\n").encode()
-
-
-def _write_edl(otio: Any, timeline: Any) -> bytes:
-    """CMX 3600 of the video track (the adapter writes one track), non-drop timecode at the
-    timeline's rate, said in an FCM line (which the adapter does not write)."""
-    text = otio.adapters.write_to_string(timeline, adapter_name="cmx_3600", rate=_rate(timeline))
-    head, _, rest = text.partition("\n\n")
-    if not head.startswith("TITLE:"):
-        head, rest = "", text
-    return f"{head}\nFCM: NON-DROP FRAME\n{rest}".lstrip("\n").encode()
-
-
-def _write_aaf(otio: Any, timeline: Any) -> bytes:
-    """AAF (written to a file only). Each clip is a master clip of its own name (a segment of
-    a beat-cut video too: the adapter names a master mob's clips all alike), with its job,
-    params and sha256 as comments; the MobIDs are derived from the object's key and segment,
-    so exports of the same batch name the same mobs again."""
-    import uuid
-
-    import aaf2.mobid
-
-    for clip in timeline.find_clips():
-        if "MobID" not in (clip.metadata.get("AAF") or {}):
-            mob = aaf2.mobid.UniqueMobID()
-            mob.material = uuid.uuid5(uuid.NAMESPACE_URL, _media_identity(clip))
-            clip.metadata["AAF"] = {"MobID": str(mob), "UserComments": _comments(clip)}
-    with tempfile.TemporaryDirectory(prefix="genfarm-aaf-") as tmp:
-        path = os.path.join(tmp, "timeline.aaf")
-        try:
-            otio.adapters.write_to_file(timeline, path, adapter_name="AAF")
-        except otio.exceptions.OTIOError as exc:  # e.g. clips of several frame rates
-            raise TimelineError(f"AAF: {exc}".strip()) from None
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _media_identity(clip: Any) -> str:
-    """What names a clip's media and part whatever way it is referenced: the object's key
-    (else the reference's target) and the segment's index."""
-    meta = clip.metadata.get("genfarm") or {}
-    where = str(meta.get("key") or getattr(clip.media_reference, "target_url", "") or clip.name)
-    segment = meta.get("segment") or {}
-    return f"{where}#{segment.get('index', '')}"
-
-
-def _write_mlt(otio: Any, timeline: Any) -> bytes:
-    """MLT XML with a profile (size, rate) melt, Shotcut and Kdenlive take as is."""
-    meta = dict(timeline.metadata.get("genfarm") or {})
-    rate = Fraction(_rate(timeline)).limit_denominator(1001)
-    profile: dict[str, str] = {"frame_rate_num": str(rate.numerator),
-                               "frame_rate_den": str(rate.denominator), "progressive": "1"}
-    if meta.get("width") and meta.get("height"):
-        profile.update(width=str(meta["width"]), height=str(meta["height"]),
-                       display_aspect_num=str(meta["width"]),
-                       display_aspect_den=str(meta["height"]),
-                       sample_aspect_num="1", sample_aspect_den="1")
-    timeline.global_start_time = None  # else the adapter sets the rate again, from a float
-    text = otio.adapters.write_to_string(timeline, adapter_name="mlt_xml", **profile)
-    return text.encode() if isinstance(text, str) else bytes(text)
-
-
-def _rate(timeline: Any) -> float:
-    meta = timeline.metadata.get("genfarm") or {}
-    if meta.get("rate"):
-        return float(meta["rate"])
-    if timeline.global_start_time is not None:
-        return float(timeline.global_start_time.rate)
-    return float(DEFAULT_RATE)
-
-
-_WRITERS = {"edl": _write_edl, "fcp7": _write_fcp7, "fcpxml": _write_fcpxml, "aaf": _write_aaf,
-            "mlt": _write_mlt}
