@@ -109,8 +109,8 @@ def _write_fcpxml(otio: Any, timeline: Any) -> bytes:
     for fmt in root.iter("format"):
         fmt.set("width", str(meta["width"]))
         fmt.set("height", str(meta["height"]))
-        if not fmt.get("name"):
-            del fmt.attrib["name"]
+        if not fmt.get("name"):  # an empty name (the adapter's), or none at all
+            fmt.attrib.pop("name", None)
     return (head + ElementTree.tostring(root, encoding="unicode") + "\n").encode()
 
 
