@@ -66,6 +66,8 @@ class JobContext:
     storage: Storage = field(repr=False)
     _still_held: Callable[[], bool] = field(repr=False, default=lambda: True)
     _progress: Callable[[float], bool] = field(repr=False, default=lambda done: True)
+    # waits while the unit's pulse is not recent; False once the unit may write no more
+    _may_write: Callable[[], bool] = field(repr=False, default=lambda: True)
 
     # -- sources ------------------------------------------------------------------------------
     def read_source(self, ref: dict[str, Any]) -> bytes:
@@ -88,6 +90,7 @@ class JobContext:
 
     def store_chunk(self, name: str, data: bytes, content_type: str = "application/octet-stream",
                     ) -> str:
+        self._check_write()
         return self.storage.put(self.chunk_key(name), data, content_type).key
 
     def chunks(self) -> list[str]:
@@ -100,7 +103,14 @@ class JobContext:
 
     def delete_chunks(self) -> None:
         for name in self.chunks():
+            self._check_write()
             self.storage.delete(self.chunk_key(name))
+
+    def _check_write(self) -> None:
+        """A write of this job's waits while its unit's pulse is not recent, and is refused once
+        the unit was given up for lost: its rerun writes those keys (workers/outputs.py)."""
+        if not self._may_write():
+            raise Retry(f"job {self.job_id}: its unit was given up for lost; the rerun stores it")
 
     # -- reporting ----------------------------------------------------------------------------
     def progress(self, done: float) -> bool:

@@ -11,9 +11,9 @@ the hard limit that ends the process), so that none of its writes lands after it
 gone back to the queue, over the object a rerun stored and recorded.
 
 A unit that falls silent (its worker cut off from the database, or stalled) is given up for lost
-after its pulse grace, and its jobs rerun elsewhere, storing at the same keys. An upload starts
-only while the unit's pulse was confirmed within half that grace, so whatever it writes starts
-before anyone could have given the unit up: a worker cut off from the database while it still
+after its pulse grace, and its jobs rerun elsewhere, storing at the same keys. A write (an
+output, once encoded; a family's chunk) starts only while the unit's pulse was confirmed within
+half that grace, so it starts before anyone could have given the unit up: a worker cut off from the database while it still
 reaches the bucket stops writing within half the grace, instead of storing over the reruns'
 objects for as long as the partition lasts.
 """
@@ -76,6 +76,7 @@ class OutputWriter:
         self._epoch = 0  # groups handed over before the last settle do not start
         self._running = 0  # groups storing now
         self._confirmed = -math.inf  # when the last confirmed pulse was written (monotonic)
+        self._closed = True  # no unit open, or it ended early: nothing is written (see open)
 
     @property
     def per_job_s(self) -> float:
@@ -93,24 +94,43 @@ class OutputWriter:
         what a job's upload costs; each group joins ``flight`` as it is handed over."""
         per_job = self.per_job_s
         size = 1 if per_job <= 0 else max(1, min(len(jobs), int(UPLOAD_TASK_S / per_job)))
-        epoch = self._epoch
+        with self._lock:
+            epoch = self._epoch
         for i in range(0, len(jobs), size):
             group = jobs[i : i + size]
             flight.groups.append((self.pool.submit(self._store_group, epoch, group), len(group)))
 
+    def open(self, at: float) -> None:
+        """A unit claimed its jobs, its pulse written at ``at`` (``time.monotonic()`` taken before
+        the write): its writes may start."""
+        with self._idle:
+            self._closed = False
+            self._confirmed = at
+            self._idle.notify_all()
+
     def confirm(self, at: float) -> None:
-        """The unit's pulse, written at ``at`` (``time.monotonic()`` taken before the write), has
-        committed: uploads may start until ``fresh_s`` after it."""
+        """The unit's pulse, written at ``at`` (taken before the write), has committed: writes
+        may start until ``fresh_s`` after it."""
         with self._idle:
             self._confirmed = max(self._confirmed, at)
             self._idle.notify_all()
 
+    def may_write(self, epoch: int | None = None) -> bool:
+        """Whether a write of the unit may start now, waiting while its pulse is not recent:
+        False once the unit ended early (settled), or once ``epoch``, when given, is past."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._closed or self._fresh()
+                                or (epoch is not None and epoch != self._epoch))
+            return not self._closed and (epoch is None or epoch == self._epoch)
+
     def settle(self) -> None:
-        """From now on, no write of what was handed over so far: groups not started never start
-        (each job None), those storing are waited for."""
+        """From now on, no write of the unit: groups not started never start (each job None),
+        nor does a write that waits or comes later (until the next unit opens); those storing
+        finish their write and are waited for."""
         with self._idle:
             self._epoch += 1
-            self._idle.notify_all()  # groups waiting for a pulse: they never start
+            self._closed = True
+            self._idle.notify_all()  # writes waiting for a pulse: they never start
             self._idle.wait_for(lambda: self._running == 0)
 
     def close(self) -> None:
@@ -118,10 +138,7 @@ class OutputWriter:
 
     def _store_group(self, epoch: int, jobs: list[ToStore]) -> list[Made | None]:
         with self._idle:
-            # a pulse not confirmed lately (the database out of reach, the process stalled):
-            # wait for the next, or for the unit to learn it was given up and settle
-            self._idle.wait_for(lambda: epoch != self._epoch or self._fresh())
-            if epoch != self._epoch:  # settled before it started
+            if epoch != self._epoch or self._closed:  # settled before it started
                 return [None] * len(jobs)
             self._running += 1
         try:
@@ -129,7 +146,7 @@ class OutputWriter:
             made: list[Made | None] = []
             for project, job, arts in jobs:
                 try:
-                    made.append([self._store(project, job, art) for art in arts])
+                    made.append(self._store_job(project, job, arts, epoch))
                 except Exception as exc:  # noqa: BLE001 - a failing upload fails its job only
                     made.append(exc)
             per_job = (time.perf_counter() - t) / len(jobs)
@@ -145,8 +162,21 @@ class OutputWriter:
     def _fresh(self) -> bool:
         return time.monotonic() - self._confirmed <= self.fresh_s
 
-    def _store(self, project: str, job: ClaimedJob, art: Artifact) -> OutputRecord:
-        data = art.encode()
+    def _store_job(self, project: str, job: ClaimedJob, arts: list[Artifact], epoch: int
+                   ) -> list[OutputRecord] | None:
+        """A job's outputs stored, each encoded first (which can take long: a video), then
+        written once the unit's pulse is recent; None once the unit ended early."""
+        records = []
+        for art in arts:
+            data = art.encode()
+            # a pulse not confirmed lately (the database out of reach, the process stalled):
+            # wait for the next, or for the unit to learn it was given up and settle
+            if not self.may_write(epoch):
+                return None
+            records.append(self._store(project, job, art, data))
+        return records
+
+    def _store(self, project: str, job: ClaimedJob, art: Artifact, data: bytes) -> OutputRecord:
         key = self.storage.job_key(project, job.batch_id, job.id, art.name)
         stored = self.storage.put(key, data, art.content_type, art.metadata)
         return OutputRecord(art.name, stored.key, stored.sha256, stored.bytes, stored.content_type)

@@ -88,6 +88,11 @@ def pick_device(settings: Settings, slot: int | None = None) -> str:
     return f"cuda:{slot % count}"
 
 
+def lease_extension(settings: Settings) -> float:
+    """How often a running unit extends its jobs' leases (a third of a lease)."""
+    return max(0.5, settings.lease_seconds / 3)
+
+
 class Runtime:
     """What a worker process needs, made once per process after fork (never in the parent).
 
@@ -110,10 +115,11 @@ class Runtime:
         self.storage = open_storage(settings.resolved_storage_url(),
                                     endpoint_url=settings.s3_endpoint_url,
                                     max_connections=settings.upload_threads + 4)
-        # an upload starts only within half the grace of a confirmed pulse: it begins before
-        # anyone could give the unit up for lost (see workers/outputs.py)
-        self.outputs = OutputWriter(self.storage, settings.upload_threads,
-                                    settings.pulse_grace_seconds / 2)
+        # a write starts only within half the grace of a confirmed pulse: it begins before
+        # anyone could give the unit up for lost (see workers/outputs.py); nor later than its
+        # jobs' leases (extended every third of one) could run out, the backstop
+        self.outputs = OutputWriter(self.storage, settings.upload_threads, min(
+            settings.pulse_grace_seconds / 2, settings.lease_seconds - lease_extension(settings)))
         self.catalog: Catalog = load_catalog(settings)
         self.families: dict[str, Family] = {}
         self.broken: dict[str, tuple[float, Exception]] = {}  # model -> (when, why) setup failed
@@ -176,8 +182,8 @@ class Runtime:
         s = self.settings
         owner = f"{self.name}:{uuid.uuid4().hex[:8]}"
         report = UnitReport()
-        if queue:
-            self._prepare(queue)
+        draining = self.draining is not None and self.draining.is_set()
+        out_of_time = bool(queue) and not draining and self._prepare(queue or "")
         t = time.perf_counter()
         # one transaction for the claim, its top-up and the projects: each transaction costs a
         # checkout (with its ping), a commit and the session's own work, which an idle worker's
@@ -205,7 +211,10 @@ class Runtime:
         t = report.lap("claim", t)
         self.recorder.start({c.id: (c.attempt, c.max_attempts) for c in claimed})
         if claimed:
-            self.outputs.confirm(began)
+            self.outputs.open(began)
+            if out_of_time:  # the model's setup took the unit's time: its jobs retry, counted
+                self._time_out(owner, report)
+                return report
             try:
                 claimed += self._gather(owner, claimed)
             except Exception as exc:
@@ -253,18 +262,22 @@ class Runtime:
         report.lap("finalize", t)
         return report
 
-    def _prepare(self, queue: str) -> None:
+    def _prepare(self, queue: str) -> bool:
         """The model of ``queue`` set up before any job is claimed: a process's first unit loads
         torch and the weights (seconds, much of it holding the GIL, which the heartbeat then
         waits for) while it holds no lease. A model that cannot set up is left to the pass,
-        which records the error for the jobs it claimed (they retry)."""
+        which records the error for the jobs it claimed (they retry). True when the unit's time
+        limit came first: the unit still claims, and its jobs are timed out (an attempt each),
+        so a model too slow to set up ends its jobs in the end instead of holding them queued."""
         model = queue if queue in self.catalog.models else queue.removesuffix(".long")
         if model in self.families or model not in self.catalog.models:
-            return
+            return False
         try:
             self.family(model)
         except Exception as exc:  # noqa: BLE001 - kept in self.broken, raised at the pass
-            reraise_time_limit(exc)
+            if time_limit_of(exc) is not None:
+                return True
+        return False
 
     def _after_unit(self, batch_ids: set[str], report: UnitReport) -> None:
         """One transaction asks whether the unit's batches are done and starts the jobs that
@@ -333,7 +346,7 @@ class Runtime:
         nothing more of the unit is written (uploads already storing finish), and the unit stops
         before its next pass."""
         s = self.settings
-        extend_every = max(0.5, s.lease_seconds / 3)
+        extend_every = lease_extension(s)
         extended = time.monotonic()
         while not stop.wait(min(s.pulse_seconds, extend_every)):
             began = time.monotonic()
@@ -464,6 +477,8 @@ class Runtime:
                 self.passes.observe(key, len(chunk), self._last_pass - t0, self._largest(key))
         except Exception as exc:  # noqa: BLE001 - isolated below, recorded per job in the end
             reraise_time_limit(exc)  # (a long job's own reads of the database meet it too)
+            if self._lost.is_set():  # its writes were refused: the reruns' to make
+                raise UnitLost(owner) from exc
             if len(chunk) > 1:
                 half = len(chunk) // 2
                 if is_oom(exc):
@@ -497,7 +512,8 @@ class Runtime:
         """What a family may know and do about one job (long jobs store partial work)."""
         return JobContext(job.id, job.batch_id, project, job.attempt, job.kind, job.params,
                           self.storage, lambda: bool(self._still_held(owner, [job])),
-                          lambda done: self._progress(owner, job.id, done))
+                          lambda done: self._progress(owner, job.id, done),
+                          self.outputs.may_write)
 
     def _progress(self, owner: str, job_id: str, done: float) -> bool:
         with self.sessions.begin() as session:

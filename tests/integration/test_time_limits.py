@@ -72,3 +72,45 @@ def test_a_time_limit_during_a_models_setup_is_no_fault_of_the_model(
         assert "aether" in slow.broken  # checkpoint), which is the model's
     finally:
         slow.close()
+
+
+def test_a_time_limit_during_setup_before_the_claim_times_the_units_jobs_out(
+        runtime: Runtime, limit_in: Any, tmp_path: Path) -> None:
+    """A unit sets its model up before it claims. Its time limit arriving there still ends its
+    jobs' attempts (each is claimed and timed out, to retry), so a model too slow to set up
+    fails its jobs in the end instead of holding them queued for ever."""
+    import json
+
+    from sqlalchemy import select
+
+    from jobs.manifest import parse_manifest
+    from jobs.models import Job
+    from jobs.submit import WorkUnit, submit
+
+    runtime.family("aether")  # torch and its kin imported (an import is no place for it)
+    big = tmp_path / "big.safetensors"  # most of the setup: reading and hashing it
+    big.write_bytes(bytes(256 << 20))
+    slow = Runtime(runtime.settings.model_copy(update={"checkpoint": str(big),
+                                                       "model_profile": "tiny"}))
+    try:
+        for _ in range(3):
+            units: list[WorkUnit] = []
+            submit(slow.sessions, "acme", parse_manifest(json.dumps(
+                {"kind": "generate", "seed": {"range": [0, 3]}, "width": 32, "height": 32})),
+                units.extend, unit_size=64)
+            limit_in(0.05)
+            try:
+                slow.run_unit(units[0].job_ids, units[0].queue)
+            finally:
+                limit_in(0)
+            if "aether" not in slow.broken:  # the limit landed in the setup, as meant
+                break
+            slow.broken.clear()  # it came after: the checkpoint's own error; again
+        else:
+            pytest.fail("the time limit never landed in the model's setup")
+        with slow.sessions() as s:
+            jobs = s.execute(select(Job.status, Job.attempt, Job.error).where(
+                Job.id.in_(units[0].job_ids))).all()
+        assert [tuple(j) for j in jobs] == [("queued", 1, "unit time limit exceeded")] * 3
+    finally:
+        slow.close()

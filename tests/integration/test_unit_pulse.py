@@ -276,3 +276,52 @@ def test_a_process_sets_its_model_up_before_it_claims_its_first_jobs(sqlite_url:
     finally:
         rt.close()
     assert report.succeeded == 2 and at_claim == [{"aether"}]
+
+
+def test_a_units_writes_wait_for_a_recent_pulse_and_none_starts_once_it_ended(
+        tmp_path: Path) -> None:
+    """Outputs and a family's chunks alike (a video stores its chunks during the pass): a write
+    waits while the unit's pulse is older than half the grace, goes ahead once one is confirmed,
+    and is refused once the unit ended early; a pass handed over after that (its unit learned
+    it was lost between two looks) is written never, and waits for nothing."""
+    from jobs.lifecycle import ClaimedJob
+    from storage import open_storage
+    from workers.family import Artifact, JobContext, Retry, constant
+    from workers.outputs import InFlight, OutputWriter
+
+    storage = open_storage((tmp_path / "out").as_uri())
+    writer = OutputWriter(storage, 1, fresh_s=0.3)
+    ctx = JobContext("j1", "b1", "acme", 1, "video", {}, storage, _may_write=writer.may_write)
+    refused: list[Exception] = []
+
+    def store(name: str, done: threading.Event) -> None:
+        try:
+            ctx.store_chunk(name, b"x")
+        except Retry as exc:
+            refused.append(exc)
+        done.set()
+
+    try:
+        writer.open(time.monotonic())
+        ctx.store_chunk("00000.npy", b"a")  # a recent pulse: written at once
+        time.sleep(0.4)
+        second = threading.Event()
+        threading.Thread(target=store, args=("00001.npy", second)).start()
+        assert not second.wait(0.3)  # the pulse is old: it waits
+        writer.confirm(time.monotonic())
+        assert second.wait(5) and ctx.chunks() == ["00000.npy", "00001.npy"]
+        time.sleep(0.4)
+        third = threading.Event()
+        threading.Thread(target=store, args=("00002.npy", third)).start()
+        assert not third.wait(0.2)
+        writer.settle()  # the unit learned it was given up for lost
+        assert third.wait(5) and len(refused) == 1 and ctx.chunks() == ["00000.npy", "00001.npy"]
+        with pytest.raises(Retry):
+            ctx.store_chunk("00003.npy", b"d")
+        job = ClaimedJob("j2", "b1", "noop", {}, "noop:noop", 1, 3)
+        flight = InFlight([job], 0.0, False)
+        writer.submit(flight, [("acme", job, [Artifact("payload.bin", "application/octet-stream",
+                                                       constant(b"p"))])])
+        assert flight.made() == [None] and not any((tmp_path / "out").rglob("payload.bin"))
+    finally:
+        writer.close()
