@@ -27,8 +27,11 @@ from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# metadata services outside link-local space (AWS over IPv6, Alibaba Cloud)
-METADATA = frozenset(ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200"))
+# metadata services outside link-local space: AWS over IPv6, Alibaba Cloud, Azure's WireServer,
+# Oracle Cloud Classic
+METADATA = frozenset(ipaddress.ip_address(a) for a in (
+    "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "192.0.0.192"))
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # an IPv4 address reached through DNS64/NAT64
 
 
 class ReceiverRefused(Exception):
@@ -42,6 +45,8 @@ def refusal(ip: IPAddress, allow_private: bool) -> str | None:
             ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
         elif ip.sixtofour is not None:  # 2002:a9fe:a9fe:: leads to 169.254.169.254
             return refusal(ip.sixtofour, allow_private)
+        elif ip in NAT64:  # 64:ff9b::a9fe:a9fe too
+            return refusal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), allow_private)
     if ip.is_link_local or ip in METADATA:
         return "a link-local or metadata address"
     if ip.is_unspecified or ip.is_multicast or (ip.is_reserved and not ip.is_loopback):
@@ -116,16 +121,22 @@ class _Pinned(http.client.HTTPConnection):
                 break
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.settimeout(left)
+            self.sock = sock  # before the connect: the deadline's timer shuts it down
             try:
                 sock.connect(sockaddr)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._tls:  # the handshake within what is left of the deadline
+                    sock.settimeout(max(0.01, self._deadline - time.monotonic()))
+                    self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
             except OSError as exc:
                 sock.close()
+                self.sock = None
                 error = exc
                 continue
-            sock.settimeout(self.timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host) if self._tls \
-                else sock
+            if time.monotonic() >= self._deadline:
+                raise TimeoutError
+            # each read has at most what is left (the timer ends the whole attempt anyway)
+            self.sock.settimeout(max(0.01, self._deadline - time.monotonic()))
             return
         raise error
 

@@ -447,7 +447,8 @@ NEVER = ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:8080/hook
          "https://[fd00:ec2::254]/", "http://100.100.100.200/", "http://0.0.0.0:9000/",
          "http://224.0.0.1/", "http://[::ffff:169.254.169.254]/", "http://240.0.0.1/",
          "http://[2002:a9fe:a9fe::1]/", "http://[::]/", "http://2852039166/",
-         "http://0xa9fea9fe/", "http://0251.0376.0251.0376:80/"]
+         "http://0xa9fea9fe/", "http://0251.0376.0251.0376:80/", "http://168.63.129.16/",
+         "http://[64:ff9b::a9fe:a9fe]/"]
 
 
 @pytest.mark.parametrize("url", NEVER)
@@ -458,7 +459,8 @@ def test_a_url_naming_a_never_address_is_refused_when_set(url: str) -> None:
 
 def test_names_and_other_addresses_pass_until_delivery() -> None:
     for url in ("https://hooks.example.com/genfarm", "http://127.0.0.1:9000/hook",
-                "http://10.1.2.3/hook", "http://[::1]:9000/", "http://8.8.8.8/"):
+                "http://10.1.2.3/hook", "http://[::1]:9000/", "http://8.8.8.8/",
+                "http://[64:ff9b::808:808]/"):  # NAT64 of a public address
         assert check_webhook_url(url) == url
 
 
@@ -540,3 +542,24 @@ def test_name_resolution_counts_against_the_attempts_deadline(
     row, attempts = delivery(farm, batch)
     assert row.last_error == "timed out after 1 s" and attempts[0].seconds < 2.0
     assert hook.got == []
+
+
+def test_a_receiver_that_stalls_the_tls_handshake_is_cut_off_at_the_deadline() -> None:
+    """Connecting and the TLS handshake count against the attempt's deadline too: a receiver
+    that accepts the connection and never answers the handshake ends the attempt on time."""
+    from jobs.receivers import post
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            post(f"https://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, 1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        for conn in held:
+            conn.close()
+        server.close()
