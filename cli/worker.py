@@ -45,7 +45,7 @@ class Concurrency(click.ParamType):
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
               help="Jobs per forward pass [GENFARM_MAX_BATCH, default 16].")
 @click.option("--concurrency", "-c", type=Concurrency(), default="auto", show_default=True,
-              help="Worker processes, or auto: one when a GPU is visible, else one per CPU core. "
+              help="Worker processes, or auto: one per GPU (each on its own), else one per CPU core. "
                    "On a CPU the cores are shared among the processes (GENFARM_CPU_THREADS "
                    "sets each one's torch threads): small passes keep the cores busier as "
                    "separate processes than as one process's threads. Each process loads its "
@@ -124,10 +124,10 @@ def visible_gpus(settings: Settings, dev: Path = Path("/dev")) -> int:
     set: none for the CPU, one for a numbered device (``cuda:1``); otherwise the NVIDIA device
     nodes, or as many as CUDA_VISIBLE_DEVICES lists (up to an entry of -1, which hides the
     rest, as CUDA reads it)."""
-    if settings.device and not settings.device.startswith("cuda"):
+    if settings.device and settings.device.startswith("cpu"):
         return 0
     if settings.device and settings.device != "cuda":
-        return 1
+        return 1  # a numbered CUDA device, or another accelerator (mps, xpu): one
     gpus = sum(1 for p in dev.glob("nvidia*") if p.name.removeprefix("nvidia").isdigit())
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
@@ -152,9 +152,9 @@ def pool_size(settings: Settings, concurrency: int | None, pool: str,
     gpus, cores = visible_gpus(settings, dev), cpu_cores()
     gpu = gpus > 0
     processes = concurrency or ((gpus if gpu else cores) if pool == "prefork" else 1)
-    if settings.cpu_threads or "OMP_NUM_THREADS" in os.environ or gpu:
+    if settings.cpu_threads or "OMP_NUM_THREADS" in os.environ or (gpu and processes == 1):
         return processes, settings.cpu_threads
-    return processes, max(1, cores // processes)
+    return processes, max(1, cores // processes)  # (on GPUs, the CPU work beside them)
 
 
 def torch_threads_wait() -> None:

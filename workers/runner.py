@@ -75,22 +75,30 @@ def pick_device(settings: Settings, slot: int | None = None) -> str:
     """GENFARM_DEVICE when it names one; else CUDA when there is a GPU, where the pool process
     numbered ``slot`` computes on GPU ``slot`` (modulo their count), made its current device;
     else the CPU."""
-    if settings.device and settings.device != "cuda":
+    if settings.device and not settings.device.startswith("cuda"):
         return settings.device
     import torch
 
     if not torch.cuda.is_available():
         return settings.device or "cpu"
+    if settings.device and settings.device != "cuda":  # pinned: cuda:1
+        torch.cuda.set_device(settings.device)  # what a family leaves unplaced lands there too
+        return settings.device
     count = torch.cuda.device_count()
     if count < 2 or slot is None:
         return "cuda"
-    torch.cuda.set_device(slot % count)  # what a family leaves unplaced lands there too
+    torch.cuda.set_device(slot % count)
     return f"cuda:{slot % count}"
 
 
 def lease_extension(settings: Settings) -> float:
     """How often a running unit extends its jobs' leases (a third of a lease)."""
     return max(0.5, settings.lease_seconds / 3)
+
+
+def device_kind(device: str) -> str:
+    """What measures of pass sizes and throughput are kept under: a machine's GPUs alike."""
+    return "cuda" if device.startswith("cuda:") else device
 
 
 class Runtime:
@@ -447,8 +455,7 @@ class Runtime:
                 import torch
 
                 device = f"cpu:{torch.get_num_threads()}-thread"
-            elif device.startswith("cuda:"):  # a machine's GPUs alike: one measure for all
-                device = "cuda"
+            device = device_kind(device)
             self._passes = PassSizes(self.sessions, device, dtype)
         return self._passes
 
@@ -583,7 +590,7 @@ class Runtime:
             # at, so estimates of the next jobs would count it too high
             return []
         spec = self.catalog.family(first.model) if first.model in self.catalog.models else None
-        device = self.device if spec is None or spec.uses_device else "cpu"
+        device = device_kind(self.device) if spec is None or spec.uses_device else "cpu"
         cost = spec.cost if spec is not None else default_cost
         units = sum(cost(j.kind, j.params) for j in chunk)
         return [(first.batch_key, device, len(chunk), units, share * len(chunk))]

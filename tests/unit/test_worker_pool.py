@@ -40,16 +40,22 @@ def test_one_process_pools_get_every_core(pool: str) -> None:
 def test_a_gpu_worker_runs_a_process_per_gpu_and_leaves_threads_to_torch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cores = cpu_cores()
+    # one GPU: its process leaves torch its own threads; several share the cores for the CPU
+    # work beside their GPUs
     assert pool_size(Settings(device="cuda"), None, "prefork", tmp_path) == (1, None)
-    assert pool_size(Settings(device="cuda:1"), 3, "prefork") == (3, None)
+    assert pool_size(Settings(device="cuda:1"), 3, "prefork") == (3, max(1, cores // 3))
+    for accelerator in ("mps", "xpu"):  # one device: one process, not one per core
+        assert pool_size(Settings(device=accelerator), None, "prefork", tmp_path) == (1, None)
     for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl", "nvidia-uvm",
                  "nvidia-modeset"):  # four GPUs, and the driver's other nodes
         (tmp_path / name).touch()
-    assert pool_size(Settings(), None, "prefork", tmp_path) == (4, None)
-    assert pool_size(Settings(device="cuda"), None, "prefork", tmp_path) == (4, None)
+    four = (4, max(1, cores // 4))
+    assert pool_size(Settings(), None, "prefork", tmp_path) == four
+    assert pool_size(Settings(device="cuda"), None, "prefork", tmp_path) == four
     assert pool_size(Settings(device="cuda:2"), None, "prefork", tmp_path) == (1, None)
     assert pool_size(Settings(), None, "solo", tmp_path) == (1, None)
-    assert pool_size(Settings(), 2, "prefork", tmp_path) == (2, None)
+    assert pool_size(Settings(), 2, "prefork", tmp_path) == (2, max(1, cores // 2))
 
 
 @pytest.mark.parametrize("listed, gpus", [
