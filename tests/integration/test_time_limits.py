@@ -42,15 +42,21 @@ def limit_in() -> Iterator[Any]:
         signal.signal(signal.SIGUSR2, previous)
 
 
+def slow_setup(runtime: Runtime, tmp_path: Path) -> Runtime:
+    """A runtime whose model's setup takes a while: most of it reading and hashing a large
+    checkpoint (which is no checkpoint: set up to the end, it fails with the library's error)."""
+    runtime.family("aether")  # torch and its kin imported (an import is no place for it)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(bytes(256 << 20))
+    return Runtime(runtime.settings.model_copy(update={"checkpoint": str(big),
+                                                       "model_profile": "tiny"}))
+
+
 def test_a_time_limit_during_a_models_setup_is_no_fault_of_the_model(
         runtime: Runtime, limit_in: Any, tmp_path: Path) -> None:
     """A model that failed to set up is not tried again for a minute (its jobs go back). The
     time limit arriving during its setup is no such failure: the next unit sets it up."""
-    runtime.family("aether")  # torch and its kin imported (an import is no place for it)
-    big = tmp_path / "big.safetensors"  # most of the setup: reading and hashing it
-    big.write_bytes(bytes(256 << 20))
-    slow = Runtime(runtime.settings.model_copy(update={"checkpoint": str(big),
-                                                       "model_profile": "tiny"}))
+    slow = slow_setup(runtime, tmp_path)
     try:
         for delay in (0.05, 0.02, 0.1):
             # a limit landing in a finalizer would be lost (Python reports it as unraisable),
@@ -87,11 +93,7 @@ def test_a_time_limit_during_setup_before_the_claim_times_the_units_jobs_out(
     from jobs.models import Job
     from jobs.submit import WorkUnit, submit
 
-    runtime.family("aether")  # torch and its kin imported (an import is no place for it)
-    big = tmp_path / "big.safetensors"  # most of the setup: reading and hashing it
-    big.write_bytes(bytes(256 << 20))
-    slow = Runtime(runtime.settings.model_copy(update={"checkpoint": str(big),
-                                                       "model_profile": "tiny"}))
+    slow = slow_setup(runtime, tmp_path)
     try:
         for _ in range(3):
             units: list[WorkUnit] = []
